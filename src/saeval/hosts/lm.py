@@ -1,0 +1,331 @@
+"""A Hugging Face causal LM with TransformerLens-named hook points.
+
+Capture (with early stop after the last needed block), interventions (replace or edit an activation by a
+function), running the model from a hook onward, and batched generation with interventions active.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from saeval.errors import SaevalError
+from saeval.hosts.hooks import (
+    ArchLayout,
+    HookPoint,
+    get_attr,
+    layout_for,
+    parse_hook,
+    resolve,
+    valid_hook_names,
+)
+
+Intervention = Callable[[Tensor], Tensor]
+"""Maps the activation at a hook (acts_BLD) to the activation the model continues with."""
+
+EMBEDDED_MODELS = {"smollm2-135m": "SmolLM2-135M-Instruct (packaged GGUF, converted once to fp32 safetensors)"}
+
+
+class _StopForward(Exception):
+    """Raised inside a hook to end a forward pass once every needed activation is in hand."""
+
+
+def _hidden(output: Any) -> Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _with_hidden(output: Any, hidden: Tensor) -> Any:
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
+@dataclass
+class PrefixState:
+    """Everything a decoder block needs besides its hidden state, captured once so that later passes can
+    start at ``start_block`` (e.g. one per steering strength) without recomputing the layers before it."""
+
+    tokens_BL: Tensor
+    attention_mask_BL: Tensor | None
+    start_block: int
+    hook: HookPoint
+    block_args: tuple = ()
+    block_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+class LanguageHost:
+    """A causal LM whose activations are addressed by TransformerLens hook names."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str):
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.name = name
+        self.config = model.config
+        self.layout: ArchLayout = layout_for(model.config.model_type)
+        self.blocks: nn.ModuleList = get_attr(model, self.layout.layers)  # type: ignore[assignment]
+        self.n_layers = len(self.blocks)
+        self.d_model = int(model.config.hidden_size)
+        self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+        bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        if bos is None:
+            raise SaevalError(f"tokenizer of {name} has neither a BOS nor an EOS token to start contexts with")
+        self.bos_id = int(bos)
+        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.bos_id)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, name_or_path: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LanguageHost:
+        if name_or_path in EMBEDDED_MODELS:
+            path = _embedded_smollm2_dir()
+        else:
+            path = Path(name_or_path) if Path(name_or_path).exists() else name_or_path
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        except OSError as err:
+            raise SaevalError(
+                f"cannot load model {name_or_path!r} ({str(err).splitlines()[0]}); give a local HF folder, a hub id "
+                f"with network access, or one of {list(EMBEDDED_MODELS)}"
+            ) from err
+        return cls(model.to(device), tokenizer, str(name_or_path))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ------------------------------------------------------------------ hook names
+    def hook(self, name: str) -> HookPoint:
+        return parse_hook(name, self.n_layers)
+
+    def hook_names(self) -> list[str]:
+        return valid_hook_names(self.n_layers)
+
+    def ordinary_mask(self, tokens_BL: Tensor, attention_mask_BL: Tensor | None = None) -> Tensor:
+        """True where the token is not special (BOS/EOS/PAD...) and not padding: the positions statistics use."""
+        mask = ~torch.isin(tokens_BL, self.special_ids.to(tokens_BL.device))
+        if attention_mask_BL is not None:
+            mask &= attention_mask_BL.bool()
+        return mask
+
+    # ------------------------------------------------------------------ hooks
+    @contextmanager
+    def hooks(
+        self,
+        interventions: dict[str, Intervention] | None = None,
+        captures: dict[str, list[Tensor]] | None = None,
+        stop_after: str | None = None,
+    ) -> Iterator[None]:
+        """Install interventions (applied first) and captures (recording the value the model continues with).
+
+        ``stop_after``: raise _StopForward once that hook has fired (callers catch it)."""
+        interventions = interventions or {}
+        captures = captures if captures is not None else {}
+        handles = []
+        for name in {*interventions, *captures}:
+            point = self.hook(name)
+            site = resolve(self.model, self.layout, point)
+            fn = interventions.get(name)
+            store = captures.get(name)
+            stop = stop_after == name
+
+            def transform(acts: Tensor, fn=fn, store=store, stop=stop) -> Tensor:
+                if fn is not None:
+                    acts = fn(acts)
+                if store is not None:
+                    store.append(acts)
+                if stop:
+                    raise _StopForward
+                return acts
+
+            if site.side == "output":
+
+                def out_hook(_m, _inp, output, transform=transform):
+                    return _with_hidden(output, transform(_hidden(output)))
+
+                handles.append(site.module.register_forward_hook(out_hook))
+            else:
+
+                def pre_hook(_m, args, kwargs, transform=transform):
+                    if args:
+                        return (transform(args[0]), *args[1:]), kwargs
+                    kwargs = dict(kwargs)
+                    kwargs["hidden_states"] = transform(kwargs["hidden_states"])
+                    return args, kwargs
+
+                handles.append(site.module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _last_hook(self, names: Sequence[str]) -> str:
+        # Order by where the activation is produced; resid_pre of block l comes before anything inside block l.
+        order = {"hook_resid_pre": 0, "hook_attn_out": 1, "hook_mlp_out": 2, "hook_resid_post": 3}
+        return max(names, key=lambda n: (self.hook(n).layer, order[self.hook(n).kind]))
+
+    # ------------------------------------------------------------------ forward passes
+    @torch.inference_mode()
+    def capture(
+        self,
+        tokens_BL: Tensor,
+        hooks: Sequence[str],
+        attention_mask_BL: Tensor | None = None,
+        interventions: dict[str, Intervention] | None = None,
+    ) -> dict[str, Tensor]:
+        """Activations at ``hooks``; the forward stops right after the last one (no wasted layers)."""
+        captures: dict[str, list[Tensor]] = {name: [] for name in hooks}
+        with self.hooks(interventions, captures, stop_after=self._last_hook(hooks)):
+            try:
+                self.model(input_ids=tokens_BL.to(self.device), attention_mask=_mask(attention_mask_BL, self.device),
+                           use_cache=False)
+            except _StopForward:
+                pass
+        return {name: values[0] for name, values in captures.items()}
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        tokens_BL: Tensor,
+        attention_mask_BL: Tensor | None = None,
+        interventions: dict[str, Intervention] | None = None,
+        captures: dict[str, list[Tensor]] | None = None,
+    ) -> Tensor:
+        """Full forward pass; returns logits_BLV."""
+        with self.hooks(interventions, captures):
+            out = self.model(
+                input_ids=tokens_BL.to(self.device), attention_mask=_mask(attention_mask_BL, self.device),
+                use_cache=False,
+            )
+        return out.logits
+
+    @torch.inference_mode()
+    def prefix(self, tokens_BL: Tensor, hook: str, attention_mask_BL: Tensor | None = None) -> tuple[Tensor, PrefixState]:
+        """Run up to ``hook``; return its activation and the state needed to continue from there."""
+        point = self.hook(hook)
+        start = point.layer if point.kind == "hook_resid_pre" else point.layer + 1
+        if point.kind not in ("hook_resid_pre", "hook_resid_post") or self.config.model_type in ("gemma2", "gemma3_text"):
+            # attn/mlp outputs sit inside a block and Gemma2/3 give each layer its own mask: continue with a full pass.
+            acts = self.capture(tokens_BL, [hook], attention_mask_BL)[hook]
+            return acts, PrefixState(tokens_BL, attention_mask_BL, -1, point)
+        state = PrefixState(tokens_BL, attention_mask_BL, start, point)
+        if start >= self.n_layers:
+            return self.capture(tokens_BL, [hook], attention_mask_BL)[hook], state
+        captured: list[Tensor] = []
+
+        def grab(_m, args, kwargs):
+            state.block_args, state.block_kwargs = tuple(args[1:]), dict(kwargs)
+            raise _StopForward
+
+        # One pass: the capture hook fires first (registered first), then ``grab`` at the next block stops it.
+        with self.hooks(captures={hook: captured}):
+            handle = self.blocks[start].register_forward_pre_hook(grab, with_kwargs=True)
+            try:
+                self.model(input_ids=tokens_BL.to(self.device), attention_mask=_mask(attention_mask_BL, self.device),
+                           use_cache=False)
+            except _StopForward:
+                pass
+            finally:
+                handle.remove()
+        state.block_kwargs.pop("hidden_states", None)
+        acts = captured[0]
+        return acts, state
+
+    @torch.inference_mode()
+    def run_from(self, state: PrefixState, acts_BLD: Tensor) -> Tensor:
+        """Logits when the activation at ``state.hook`` is replaced by ``acts_BLD``.
+
+        ``acts_BLD`` may stack several variants per input (batch = k * B, inputs repeated in blocks of B as
+        produced by ``acts.repeat(k, 1, 1)``); the captured block inputs are tiled to match."""
+        if state.start_block < 0:
+            tokens = state.tokens_BL.repeat(acts_BLD.shape[0] // state.tokens_BL.shape[0], 1)
+            mask = None if state.attention_mask_BL is None else state.attention_mask_BL.repeat(
+                acts_BLD.shape[0] // state.tokens_BL.shape[0], 1)
+            return self.forward(tokens, mask, interventions={state.hook.name: lambda _a: acts_BLD.to(_a.dtype)})
+        reps = acts_BLD.shape[0] // state.tokens_BL.shape[0]
+        B = state.tokens_BL.shape[0]
+        args = tuple(_tile(a, B, reps) for a in state.block_args)
+        kwargs = {k: _tile(v, B, reps) for k, v in state.block_kwargs.items()}
+        hidden = acts_BLD.to(self.device)
+        for block in self.blocks[state.start_block:]:
+            hidden = _hidden(block(hidden, *args, **kwargs))
+        return self.logits_from_residual(hidden)
+
+    def logits_from_residual(self, resid_BLD: Tensor) -> Tensor:
+        normed = get_attr(self.model, self.layout.final_norm)(resid_BLD)
+        logits = self.model.get_output_embeddings()(normed)
+        cap = getattr(self.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    # ------------------------------------------------------------------ generation
+    @torch.inference_mode()
+    def generate(
+        self,
+        input_ids_BL: Tensor,
+        attention_mask_BL: Tensor | None = None,
+        interventions: dict[str, Intervention] | None = None,
+        max_new_tokens: int = 32,
+        temperature: float = 1.0,
+        seed: int = 0,
+    ) -> Tensor:
+        """Sample continuations (new tokens only, [B, <=max_new_tokens]) with interventions active.
+
+        Prompts must be left-padded. Interventions see the prompt once (prefill) and then one new position
+        per step; a function meant for prompt positions should act only when acts.shape[1] > 1."""
+        torch.manual_seed(seed)
+        with self.hooks(interventions):
+            out = self.model.generate(
+                input_ids=input_ids_BL.to(self.device),
+                attention_mask=_mask(attention_mask_BL, self.device),
+                max_new_tokens=max_new_tokens,
+                do_sample=temperature > 0,
+                temperature=temperature if temperature > 0 else None,
+                top_k=None,
+                top_p=None,
+                pad_token_id=self.pad_id,
+            )
+        return out[:, input_ids_BL.shape[1]:]
+
+
+def _mask(mask: Tensor | None, device: torch.device) -> Tensor | None:
+    return None if mask is None else mask.to(device)
+
+
+def _tile(value: Any, batch: int, reps: int) -> Any:
+    if reps == 1:
+        return value
+    if isinstance(value, tuple):
+        return tuple(_tile(v, batch, reps) for v in value)
+    if isinstance(value, Tensor) and value.ndim >= 2 and value.shape[0] == batch and batch > 1:
+        return value.repeat(reps, *([1] * (value.ndim - 1)))
+    return value
+
+
+def _embedded_smollm2_dir() -> Path:
+    """Convert the packaged GGUF once into an fp32 safetensors folder (later loads take under a second)."""
+    from saeval.assets import cache_dir, smollm2_gguf
+
+    target = cache_dir() / "models" / "smollm2-135m"
+    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+        return target
+    gguf = smollm2_gguf()
+    start = time.time()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + ".tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.replace(target) if not target.exists() else None
+    print(f"converted {gguf.name} to {target} in {time.time() - start:.0f}s")
+    return target

@@ -1,0 +1,166 @@
+"""SAE architectures for inference: one small class each, found through a registry by name.
+
+Every SAE maps x_BD -> f_BF (encode) -> xhat_BD (decode) with W_enc_DF, b_enc_F, W_dec_FD, b_dec_D.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+from saeval.errors import SaevalError
+
+
+class SAEConfig(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    architecture: str
+    d_in: int
+    d_sae: int
+    hook_name: str | None = None
+    model_name: str | None = None
+    k: int | None = None
+    apply_b_dec_to_input: bool = True
+    # Inputs are multiplied by act_scale before encoding and outputs divided by it (SAELens's dataset
+    # normalisation folded into a constant).
+    act_scale: float = 1.0
+    name: str | None = None
+
+
+SAE_REGISTRY: dict[str, type[SAE]] = {}
+ALIASES = {"standard": "relu", "l1": "relu", "vanilla": "relu", "jump_relu": "jumprelu", "batch_topk": "batchtopk"}
+
+
+def register(cls: type[SAE]) -> type[SAE]:
+    SAE_REGISTRY[cls.architecture] = cls
+    return cls
+
+
+def canonical_architecture(name: str) -> str:
+    key = ALIASES.get(name.lower(), name.lower())
+    if key not in SAE_REGISTRY:
+        raise SaevalError(f"unknown SAE architecture {name!r}; known: {', '.join(sorted(SAE_REGISTRY))}")
+    return key
+
+
+def create_sae(cfg: SAEConfig) -> SAE:
+    arch = canonical_architecture(cfg.architecture)
+    return SAE_REGISTRY[arch](cfg.model_copy(update={"architecture": arch}))
+
+
+class SAE(nn.Module):
+    architecture: ClassVar[str] = ""
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        D, F = cfg.d_in, cfg.d_sae
+        self.W_enc = nn.Parameter(torch.zeros(D, F))
+        self.b_enc = nn.Parameter(torch.zeros(F))
+        self.W_dec = nn.Parameter(torch.zeros(F, D))
+        self.b_dec = nn.Parameter(torch.zeros(D))
+
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def d_sae(self) -> int:
+        return self.cfg.d_sae
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name or f"{self.architecture}-{self.d_sae}"
+
+    def check_input(self, x: Tensor) -> None:
+        if x.shape[-1] != self.d_in:
+            raise SaevalError(
+                f"SAE {self.name} expects d_in={self.d_in} but the activations have width {x.shape[-1]}: "
+                "pick the SAE trained for this model and hook"
+            )
+
+    def _centered(self, x: Tensor) -> Tensor:
+        x = x.to(self.W_enc.dtype) * self.cfg.act_scale
+        return x - self.b_dec if self.cfg.apply_b_dec_to_input else x
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        return self._centered(x) @ self.W_enc + self.b_enc
+
+    def encode(self, x: Tensor) -> Tensor:
+        return torch.relu(self.pre_acts(x))
+
+    def decode(self, f: Tensor) -> Tensor:
+        return (f @ self.W_dec + self.b_dec) / self.cfg.act_scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decode(self.encode(x))
+
+
+@register
+class ReLUSAE(SAE):
+    architecture = "relu"
+
+
+@register
+class TopKSAE(SAE):
+    architecture = "topk"
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__(cfg)
+        if not cfg.k:
+            raise SaevalError(f"TopK SAE {cfg.name or ''} needs k in its config")
+
+    def encode(self, x: Tensor) -> Tensor:
+        pre = torch.relu(self.pre_acts(x))
+        values, indices = pre.topk(int(self.cfg.k), dim=-1)  # type: ignore[arg-type]
+        return torch.zeros_like(pre).scatter_(-1, indices, values)
+
+
+@register
+class JumpReLUSAE(SAE):
+    architecture = "jumprelu"
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__(cfg)
+        self.threshold = nn.Parameter(torch.zeros(cfg.d_sae))
+
+    def encode(self, x: Tensor) -> Tensor:
+        pre = self.pre_acts(x)
+        return torch.relu(pre) * (pre > self.threshold)
+
+
+@register
+class BatchTopKSAE(JumpReLUSAE):
+    """Trained with batch top-k; at inference a global threshold (a JumpReLU) when one is stored, else top-k."""
+
+    architecture = "batchtopk"
+
+    def encode(self, x: Tensor) -> Tensor:
+        if bool((self.threshold > 0).any()) or not self.cfg.k:
+            return super().encode(x)
+        return TopKSAE.encode(self, x)  # type: ignore[arg-type]
+
+
+@register
+class GatedSAE(SAE):
+    """Gate path decides which latents fire; magnitude path (W_enc scaled by exp(r_mag)) decides how much."""
+
+    architecture = "gated"
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__(cfg)
+        self.b_gate = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.r_mag = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.b_mag = nn.Parameter(torch.zeros(cfg.d_sae))
+
+    def encode(self, x: Tensor) -> Tensor:
+        xc = self._centered(x)
+        gate = (xc @ self.W_enc + self.b_gate) > 0
+        magnitude = torch.relu(xc @ (self.W_enc * torch.exp(self.r_mag)) + self.b_mag)
+        return magnitude * gate
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        return self._centered(x) @ self.W_enc + self.b_gate
