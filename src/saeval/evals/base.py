@@ -52,6 +52,8 @@ class EvalSpec:
     run: Callable[[EvalContext, Any, Any], EvalResult]
     description: str
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # (records: list of result dicts of this eval, one per SAE) -> HTML fragment for `saeval report`.
+    report: Callable[[list[dict[str, Any]]], str] | None = None
 
     def config(self, preset: str = "paper", **overrides: Any) -> EvalConfig:
         if preset != "paper" and preset not in self.presets:
