@@ -1,0 +1,102 @@
+"""`saeval report DIR`: one self-contained HTML file (plotly.js inlined once) from the result JSON files."""
+
+from __future__ import annotations
+
+import html
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
+
+from saeval.errors import SaevalError
+from saeval.results import load_results
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}h2{border-bottom:2px solid #ddd;margin-top:2em}
+.note{color:#666;font-size:13px}
+"""
+
+
+def figure_html(fig: go.Figure) -> str:
+    """A plotly figure as a div; the page includes plotly.js once in its head."""
+    fig.update_layout(template="plotly_white", margin=dict(l=50, r=20, t=40, b=40), height=380)
+    return fig.to_html(full_html=False, include_plotlyjs=False)
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def table_html(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{fmt(r.get(c, ''))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def metrics_table(records: list[dict[str, Any]]) -> str:
+    """One row per SAE, one column per scalar metric (the union across SAEs)."""
+    columns: list[str] = []
+    rows = []
+    for rec in records:
+        row = {"sae": rec["sae"]["name"]}
+        for key, value in rec["metrics"].items():
+            if isinstance(value, int | float) or value is None:
+                row[key] = value
+                if key not in columns:
+                    columns.append(key)
+        rows.append(row)
+    return table_html(rows, ["sae", *columns])
+
+
+def core_section(records: list[dict[str, Any]]) -> str:
+    fig = go.Figure()
+    for rec in records:
+        hist = rec["details"]["log10_density_histogram"]
+        edges = hist["edges"]
+        centers = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:], strict=True)]
+        fig.add_trace(go.Bar(x=centers, y=hist["counts"], name=rec["sae"]["name"], opacity=0.6))
+    fig.update_layout(barmode="overlay", title="Latent density (log10 firing frequency, live latents)",
+                      xaxis_title="log10 density", yaxis_title="latents")
+    return figure_html(fig)
+
+
+def build_report(out_dir: Path, path: Path | None = None) -> Path:
+    from saeval.evals.base import EVALS, get_eval
+
+    records = load_results(out_dir)
+    if not records:
+        raise SaevalError(f"no result files (<sae>/<eval>.json) under {out_dir}: run `saeval run` first")
+    by_eval: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for rec in records:
+        by_eval[rec["eval"]].append(rec)
+    get_eval("core")  # make sure every built-in eval is registered
+    sections = []
+    for name, recs in by_eval.items():
+        meta = recs[0]
+        intro = (f"<p class='note'>{html.escape(EVALS[name].description if name in EVALS else '')} — model "
+                 f"{fmt(meta.get('model'))}, preset <b>{fmt(meta.get('preset'))}</b>; config: "
+                 f"{html.escape(str(meta.get('config')))}</p>")
+        parts = [f"<h2 id='{name}'>{html.escape(name)}</h2>", intro, metrics_table(recs)]
+        if name == "core":
+            parts.append(core_section(recs))
+        elif name in EVALS and EVALS[name].report is not None:
+            parts.append(EVALS[name].report(recs))  # type: ignore[misc]
+        sections.append("\n".join(parts))
+    for extra in sorted(Path(out_dir).glob("*.section.html")):
+        sections.append(extra.read_text())  # sections written by pairwise studies (e.g. the case study)
+    nav = " · ".join(f"<a href='#{n}'>{n}</a>" for n in by_eval)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>saeval report</title>"
+            f"<style>{STYLE}</style><script>{get_plotlyjs()}</script></head><body>"
+            f"<h1>saeval report</h1><p class='note'>{html.escape(str(out_dir))} — {len(records)} results. {nav}</p>"
+            + "\n".join(sections) + "</body></html>")
+    path = path or Path(out_dir) / "report.html"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(page)
+    tmp.replace(path)
+    return path
