@@ -42,3 +42,29 @@ def demo_saes(host, seeds: tuple[int, ...] = DEMO_SEEDS) -> list:
             save_sae(sae, path)
         saes.append(load_sae(path))
     return saes
+
+
+def run_demo(out_dir: Path, force: bool = False) -> Path:
+    """Every registered eval with its "demo" preset on both demo SAEs, then the HTML report."""
+    import time
+
+    from saeval.evals import EVALS, EvalContext, get_eval, run_evals
+    from saeval.hosts import LanguageHost
+    from saeval.report import build_report
+
+    start = time.time()
+    host = LanguageHost.load(DEMO_MODEL)
+    saes = demo_saes(host)
+    get_eval("core")
+    names = ["core", *sorted(n for n in EVALS if n != "core")]
+    ctx = EvalContext(host=host, hook=DEMO_HOOK, corpus=DEMO_CORPUS, preset="demo")
+    run_evals(ctx, saes, names, out_dir, force=force)
+    for study in PAIR_STUDIES:
+        study(ctx, saes, Path(out_dir), force)
+    path = build_report(Path(out_dir))
+    print(f"demo finished in {time.time() - start:.0f}s")
+    return path
+
+
+# Studies over the pair of demo SAEs (e.g. the FaithfulSAE case study): fn(ctx, saes, out_dir, force).
+PAIR_STUDIES: list = []
