@@ -1,0 +1,115 @@
+"""Top activated windows: the streaming pass equals a brute-force NumPy ranking; planted and dead latents."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from saeval.data.corpora import load_contexts
+from saeval.errors import SaevalError
+from saeval.evals.windows import collect_windows, top_activated_windows
+from saeval.saes.base import SAEConfig, create_sae
+
+HOOK = "blocks.1.hook_resid_post"
+
+
+def random_relu_sae(host, contexts, d_sae=24, seed=0, fire=0.1):
+    """A ReLU SAE whose latents fire on about ``fire`` of the tokens (thresholds set from the data)."""
+    g = torch.Generator().manual_seed(seed)
+    sae = create_sae(SAEConfig(architecture="relu", d_in=host.d_model, d_sae=d_sae, hook_name=HOOK,
+                               apply_b_dec_to_input=False, name="rand"))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(host.d_model, d_sae, generator=g))
+        sae.W_dec.copy_(torch.randn(d_sae, host.d_model, generator=g))
+        acts = host.capture(contexts, [HOOK])[HOOK]
+        pre = acts[host.ordinary_mask(contexts)] @ sae.W_enc
+        sae.b_enc.copy_(-pre.quantile(1 - fire, dim=0))
+    return sae
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_host):
+    contexts = load_contexts(tiny_host, "sotu", 24 * 64, ctx_len=64, seed=3)
+    return tiny_host, contexts, random_relu_sae(tiny_host, contexts)
+
+
+def brute_force(host, sae, contexts, feats, window):
+    acts = host.capture(contexts, [HOOK])[HOOK]
+    f = (sae.encode(acts)[..., feats] * host.ordinary_mask(contexts)[..., None]).detach().numpy()
+    n_w = (contexts.shape[1] - 1) // window
+    f = f[:, 1 : 1 + n_w * window].reshape(len(contexts) * n_w, window, len(feats))
+    return {"mean": f.mean(1), "max": f.max(1), "density": (f > 0).mean(1)}, f
+
+
+def test_streaming_top_windows_equal_brute_force(setup):
+    host, contexts, sae = setup
+    feats = [0, 3, 7, 11, 20]
+    res = top_activated_windows(host, sae, feats, window=10, contexts_NL=contexts, k=5, batch_size=5)
+    scores, f = brute_force(host, sae, contexts, feats, 10)
+    for j, latent in enumerate(feats):
+        lw = res.latents[latent]
+        assert lw.fired and lw.n_active_windows == int((f[:, :, j].max(1) > 0).sum())
+        for crit in ("mean", "max", "density"):
+            got = [ex.score for ex in lw.criterion(crit)]
+            want = np.sort(scores[crit][:, j][f[:, :, j].max(1) > 0])[::-1][:5]
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        for ex in lw.max:  # the example's tokens/acts are the window it names
+            wid = res.window_id(ex)
+            assert ex.tokens == contexts[ex.context, ex.start : ex.start + 10].tolist()
+            np.testing.assert_allclose(ex.acts, f[wid, :, j], rtol=1e-4, atol=1e-5)
+            assert len(ex.texts) == 10 and "".join(ex.texts) == host.tokenizer.decode(ex.tokens)
+
+
+def test_planted_token_latent_and_dead_latent(tiny_host):
+    """At blocks.0.hook_resid_pre the residual is the token embedding: a latent reading one token's embedding
+    fires exactly on that token, so its densest windows are those with most copies of it."""
+    hook = "blocks.0.hook_resid_pre"
+    contexts = load_contexts(tiny_host, "sotu", 16 * 64, ctx_len=64, seed=5)
+    the = tiny_host.tokenizer(" the", add_special_tokens=False)["input_ids"][0]
+    emb = tiny_host.model.get_input_embeddings().weight.detach()
+    sae = create_sae(SAEConfig(architecture="relu", d_in=tiny_host.d_model, d_sae=4, hook_name=hook,
+                               apply_b_dec_to_input=False))
+    with torch.no_grad():
+        e = emb[the] / emb[the].norm()
+        sae.W_enc[:, 0] = e
+        others = (emb @ e).clone()
+        others[the] = -1e9
+        sae.b_enc[0] = -(others.max() + (emb[the] @ e)) / 2  # halfway between " the" and the next closest token
+        sae.b_enc[1] = -1e6  # never fires
+    res = top_activated_windows(tiny_host, sae, [0, 1], window=9, contexts_NL=contexts, k=4)
+    counts = np.array([(contexts[i, 1 + w * 9 : 1 + (w + 1) * 9] == the).sum().item()
+                       for i in range(len(contexts)) for w in range(7)])
+    assert res.latents[0].n_active_tokens == int((contexts[:, 1 : 1 + 63] == the).sum())
+    for ex in res.latents[0].density:
+        assert all((a > 0) == (t == the) for a, t in zip(ex.acts, ex.tokens, strict=True))
+    assert [ex.score * 9 for ex in res.latents[0].density] == pytest.approx(sorted(counts)[::-1][:4])
+    assert res.never_fired == [1] and res.latents[1].max == [] and not res.latents[1].fired
+
+
+def test_reservoir_and_pool_are_consistent(setup):
+    host, contexts, sae = setup
+    feats = [1, 2]
+    res = collect_windows(host, [(sae, feats)], contexts, HOOK, window=10, k=3, batch_size=6, reservoir=8,
+                          n_pool=20, seed=1)[0]
+    scores, f = brute_force(host, sae, contexts, feats, 10)
+    for j, latent in enumerate(feats):
+        ids = [w for w, _ in res.reservoir[latent]]
+        active = set(np.nonzero(f[:, :, j].max(1) > 0)[0].tolist())
+        assert len(ids) == len(set(ids)) == min(8, len(active)) and set(ids) <= active
+        for w, m in res.reservoir[latent]:
+            assert m == pytest.approx(scores["max"][w, j], rel=1e-5)
+        np.testing.assert_allclose(res.pool_max[latent], scores["max"][res.pool_ids, j], rtol=1e-5, atol=1e-6)
+    again = collect_windows(host, [(sae, feats)], contexts, HOOK, window=10, k=3, batch_size=6, reservoir=8,
+                            n_pool=20, seed=1)[0]
+    assert again.reservoir == res.reservoir  # seeded
+
+
+def test_bad_inputs(setup):
+    host, contexts, sae = setup
+    with pytest.raises(SaevalError, match="longer than the contexts"):
+        top_activated_windows(host, sae, [0], window=64, contexts_NL=contexts)
+    with pytest.raises(SaevalError, match="out of range"):
+        top_activated_windows(host, sae, [24], window=8, contexts_NL=contexts)
+    with pytest.raises(SaevalError, match="longer than the contexts"):
+        top_activated_windows(host, sae, [0], window=200, ctx_len=128)
