@@ -248,6 +248,18 @@ class LanguageHost:
             mask = None if state.attention_mask_BL is None else state.attention_mask_BL.repeat(
                 acts_BLD.shape[0] // state.tokens_BL.shape[0], 1)
             return self.forward(tokens, mask, interventions={state.hook.name: lambda _a: acts_BLD.to(_a.dtype)})
+        return self.logits_from_residual(self.residual_from(state, acts_BLD))
+
+    @torch.inference_mode()
+    def residual_from(self, state: PrefixState, acts_BLD: Tensor) -> Tensor:
+        """Like ``run_from`` but returns the last block's output (before the final norm), so a caller that
+        needs few positions or few vocabulary rows can skip the full unembedding."""
+        if state.start_block < 0:
+            reps = acts_BLD.shape[0] // state.tokens_BL.shape[0]
+            mask = None if state.attention_mask_BL is None else state.attention_mask_BL.repeat(reps, 1)
+            last = f"blocks.{self.n_layers - 1}.hook_resid_post"
+            return self.capture(state.tokens_BL.repeat(reps, 1), [last], mask,
+                                interventions={state.hook.name: lambda _a: acts_BLD.to(_a.dtype)})[last]
         reps = acts_BLD.shape[0] // state.tokens_BL.shape[0]
         B = state.tokens_BL.shape[0]
         args = tuple(_tile(a, B, reps) for a in state.block_args)
@@ -255,7 +267,7 @@ class LanguageHost:
         hidden = acts_BLD.to(self.device)
         for block in self.blocks[state.start_block:]:
             hidden = _hidden(block(hidden, *args, **kwargs))
-        return self.logits_from_residual(hidden)
+        return hidden
 
     def logits_from_residual(self, resid_BLD: Tensor) -> Tensor:
         normed = get_attr(self.model, self.layout.final_norm)(resid_BLD)

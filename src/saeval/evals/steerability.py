@@ -1,0 +1,371 @@
+"""Steerability (Steering CLIP's ViT with SAEs, arXiv 2504.08729; LessWrong "Quantifying SAE Quality with
+Feature Steerability Metrics"; methods.md section A).
+
+At the SAE's hook, latent f is set to strength s at every token with the SAE error kept:
+x' = x + (s - z_f(x)) W_dec[f]. The steered output is read against a concept vocabulary V: for CLIP the
+cosine of the image embedding with V's text embeddings, softmax at scale 100; for language models the
+next-token logits of V's first tokens at the readout positions (softmax scale 1). Delta_v is the mean over
+inputs of p_v(s) - p_v(unsteered), the unsteered baseline being the plain model; steering_metrics turns Delta
+into power, steerability S and the rest.
+
+Speed: the part before the hook runs once per input batch (host.prefix); every (latent, strength) variant of a
+batch continues from the hook in one stacked forward (host.run_from); vocabulary embeddings are computed once;
+for LMs only V's rows of the unembedding are applied, at the readout positions only.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+from torch import Tensor
+
+from saeval.data.vocab import load_vocab
+from saeval.errors import SaevalError
+from saeval.evals.base import EvalConfig, EvalContext, EvalSpec, register_eval
+from saeval.evals.steering_metrics import (
+    CLIPReadout,
+    LMReadout,
+    latent_metrics,
+    report_section,
+    summarise,
+    top_concepts,
+)
+from saeval.progress import track
+from saeval.results import EvalResult, SAEInfo
+
+PAPER_STRENGTHS = [-20.0, -5.0, 0.0, 5.0, 10.0, 20.0, 50.0, 150.0]
+
+
+class SteerabilityConfig(EvalConfig):
+    strengths: list[float] = PAPER_STRENGTHS  # must include 0; the post's sweep was 0, .5, 1, 5, 10, 100
+    summary_strength: float | None = None  # SAE summary at this strength; None = the largest (paper: 150)
+    n_latents: int | None = None  # None = d_sae // 20 sampled at random (paper: 2457 of 49152)
+    latents: list[int] | None = None  # explicit latent ids instead of sampling
+    n_inputs: int = 192  # images (paper: 6 batches x 32 ImageNet val) or prompts
+    batch_size: int = 32  # inputs per prefix pass
+    max_rows: int = 256  # sequences per stacked forward from the hook on (latents x strengths x inputs)
+    vocab: str = "default"  # "default" (WordNet common words) or a file with one word per line
+    vocab_size: int = 5000  # first lines of the vocabulary (paper: first 5000 of CLIP-Dissect's list)
+    softmax_scale: float | Literal["model"] | None = (
+        None  # None: 100 for CLIP (paper), 1 for LMs; "model": exp(logit_scale)
+    )
+    steerable_threshold: float = 0.1
+    top_k_concepts: int = 5
+    # language models
+    prompt_len: int = 32  # tokens per prompt (BOS + corpus text)
+    readout: Literal["last", "all"] = (
+        "last"  # next-token distribution at the last position or every ordinary one
+    )
+    steer_special_tokens: bool = False  # BOS is an attention sink the SAE never saw: leave it unsteered
+    # CLIP
+    images: str = (
+        "fashion-mnist"  # see data/images.load_images; the paper used ImageNet val (pass its folder)
+    )
+    text_template: str = "{}"
+
+
+class SteerabilityMetrics(BaseModel):
+    summary_strength: float
+    n_latents: int
+    n_steerable: int
+    frac_steerable: float
+    n_distinct_top_concepts: int
+    n_distinct_top_concepts_all: int
+    mean_power: float
+    mean_steerability: float
+    mean_s_over_p: float | None
+    mean_steerability_signed: float
+    mean_aggregate_prob_diff: float
+    mean_logit_power: float
+    mean_logit_steerability: float
+    mean_polysemanticity: float
+
+
+class LatentSteering(BaseModel):
+    latent: int
+    top_concept: str  # most promoted concept at the summary strength
+    # one value per strength, in the order of details.strengths
+    power: list[float]
+    steerability: list[float]
+    steerability_signed: list[float]
+    aggregate_prob_diff: list[float]
+    logit_power: list[float]
+    logit_steerability: list[float]
+    logit_steerability_signed: list[float]
+    polysemanticity: list[float]
+    top_concept_prob: list[float]  # mean probability of top_concept (its unsteered value: details)
+    promoted: list[tuple[str, float]]  # at the summary strength
+    demoted: list[tuple[str, float]]
+
+
+class SteerabilityDetails(BaseModel):
+    host: str
+    inputs: str
+    n_inputs: int
+    readout: str
+    n_readout_positions: int
+    vocab: str
+    vocab_size: int
+    n_vocab_dropped: (
+        int  # words sharing a first token with an earlier word (LMs), or whose first token is a space
+    )
+    softmax_scale: float
+    strengths: list[float]
+    summary_strength: float
+    unsteered_top: list[tuple[str, float]]
+    mean_steerability_by_strength: list[float]
+    frac_steerable_by_strength: list[float]
+    mean_power_by_strength: list[float]
+    n_prefix_sequences: int  # sequences run up to the hook
+    n_suffix_sequences: int  # sequences run from the hook on (all variants plus the unsteered baseline)
+    seconds_prefix: float
+    seconds_sweep: float
+    latents: list[LatentSteering]
+
+
+class SteerabilityResult(EvalResult[SteerabilityConfig, SteerabilityMetrics, SteerabilityDetails]):
+    pass
+
+
+# ------------------------------------------------------------------------------------------------ engine
+@dataclass
+class _Prefixed:
+    acts_BLD: Tensor
+    state: Any
+    steer_BL: Tensor
+    weight_BP: Tensor
+    z_BLF: Tensor  # the sampled latents' activations
+    base_scores_BPV: Tensor
+    base_probs_BPV: Tensor
+
+
+def _check_strengths(config: SteerabilityConfig) -> tuple[list[float], float]:
+    strengths = [float(s) for s in config.strengths]
+    if not strengths or not all(math.isfinite(s) for s in strengths) or len(set(strengths)) != len(strengths):
+        raise SaevalError(f"strengths must be distinct finite numbers, got {config.strengths}")
+    if 0.0 not in strengths:
+        raise SaevalError(
+            f"strengths {strengths} lack the baseline 0 (latent switched off): add 0 to the sweep"
+        )
+    summary = max(strengths) if config.summary_strength is None else float(config.summary_strength)
+    if summary not in strengths:
+        raise SaevalError(f"summary_strength {summary} is not one of the strengths {strengths}")
+    return sorted(strengths), summary
+
+
+def pick_latents(d_sae: int, config: SteerabilityConfig, seed: int) -> list[int]:
+    if config.latents is not None:
+        bad = [f for f in config.latents if not 0 <= f < d_sae]
+        if bad or not config.latents:
+            raise SaevalError(f"latents must be a non-empty list of ids in [0, {d_sae}); bad: {bad[:5]}")
+        return sorted(set(config.latents))
+    n = config.n_latents if config.n_latents is not None else max(1, d_sae // 20)
+    if not 1 <= n <= d_sae:
+        raise SaevalError(f"n_latents must be between 1 and d_sae={d_sae}, got {n}")
+    return sorted(int(f) for f in np.random.default_rng(seed).choice(d_sae, size=n, replace=False))
+
+
+@torch.inference_mode()
+def steer_sweep(
+    readout,
+    sae,
+    latents: list[int],
+    strengths: list[float],
+    scale: float,
+    config: SteerabilityConfig,
+    desc: str = "steerability",
+):
+    """Delta (probabilities) and logit Delta, [n_latents, n_strengths, V], plus the unsteered mean
+    probabilities [V] and run statistics. The prefix runs once per input batch; the variants of a batch go
+    through the suffix stacked."""
+    k = len(strengths)
+    batch_size = max(1, min(config.batch_size, config.max_rows // k))
+    lat = torch.tensor(latents, device=sae.W_dec.device)
+    start = time.time()
+    prefixed: list[_Prefixed] = []
+    for inputs in readout.batches(batch_size):
+        acts, state, steer, weight = readout.prefix(inputs)
+        sae.check_input(acts)
+        z = sae.encode(acts.float())[..., lat]
+        base = readout.scores(state, acts)
+        prefixed.append(_Prefixed(acts, state, steer, weight, z, base, torch.softmax(scale * base, -1)))
+    total_weight = float(sum(p.weight_BP.sum() for p in prefixed))
+    if total_weight == 0:
+        raise SaevalError("no readout position holds an ordinary token: use longer prompts")
+    base_mean = (
+        sum((p.base_probs_BPV * p.weight_BP[..., None]).sum((0, 1)).double() for p in prefixed) / total_weight
+    )
+    seconds_prefix = time.time() - start
+    dirs_FD = (sae.W_dec.detach()[lat] / sae.cfg.act_scale).float()
+    s_K = torch.tensor(strengths, device=dirs_FD.device)
+    chunk = max(1, config.max_rows // (k * batch_size))
+    V = base_mean.shape[0]
+    delta = torch.zeros(len(latents), k, V, dtype=torch.float64)
+    delta_logit = torch.zeros_like(delta)
+    n_rows = sum(len(p.acts_BLD) for p in prefixed)
+    for c0 in track(range(0, len(latents), chunk), desc, total=-(-len(latents) // chunk)):
+        c1 = min(c0 + chunk, len(latents))
+        for p in prefixed:
+            B, L, D = p.acts_BLD.shape
+            # (s - z_f(x)) at every steered token; the SAE error x - SAE(x) is untouched by construction.
+            coef_CKBL = (
+                s_K[None, :, None, None] - p.z_BLF[..., c0:c1].permute(2, 0, 1)[:, None]
+            ) * p.steer_BL
+            steered = (
+                p.acts_BLD + coef_CKBL[..., None].to(p.acts_BLD.dtype) * dirs_FD[c0:c1, None, None, None, :]
+            )
+            scores = readout.scores(p.state, steered.reshape(-1, L, D)).view(
+                c1 - c0, k, *p.base_scores_BPV.shape
+            )
+            w = p.weight_BP[..., None]
+            dp = (torch.softmax(scale * scores, -1) - p.base_probs_BPV) * w
+            dl = (scores - p.base_scores_BPV) * w
+            delta[c0:c1] += dp.sum((2, 3)).double().cpu()
+            delta_logit[c0:c1] += dl.sum((2, 3)).double().cpu()
+            n_rows += (c1 - c0) * k * B
+    stats = {
+        "seconds_prefix": seconds_prefix,
+        "seconds_sweep": time.time() - start - seconds_prefix,
+        "n_prefix_sequences": sum(len(p.acts_BLD) for p in prefixed),
+        "n_suffix_sequences": n_rows,
+        "n_readout_positions": int(total_weight),
+    }
+    return (
+        (delta / total_weight).numpy(),
+        (delta_logit / total_weight).numpy(),
+        base_mean.cpu().numpy(),
+        stats,
+    )
+
+
+def _softmax_scale(config: SteerabilityConfig, host) -> float:
+    if config.softmax_scale == "model":
+        if not hasattr(host, "logit_scale"):
+            raise SaevalError(
+                "softmax_scale 'model' needs a CLIP host (it reads exp(logit_scale)); give a number"
+            )
+        return float(host.logit_scale)
+    if config.softmax_scale is None:
+        return 100.0 if getattr(host, "kind", "lm") == "clip" else 1.0
+    return float(config.softmax_scale)
+
+
+def run(ctx: EvalContext, sae, config: SteerabilityConfig) -> SteerabilityResult:
+    host = ctx.host
+    strengths, summary_strength = _check_strengths(config)
+    words = load_vocab(config.vocab, config.vocab_size)
+    if getattr(host, "kind", "lm") == "clip":
+        readout: LMReadout | CLIPReadout = CLIPReadout(host, ctx.hook, words, config, ctx.seed)
+    else:
+        readout = LMReadout(host, ctx.hook, words, config, ctx.corpus, ctx.seed)
+    sae = sae.to(host.device)
+    latents = pick_latents(sae.d_sae, config, ctx.seed)
+    scale = _softmax_scale(config, host)
+    delta, delta_logit, base_mean, stats = steer_sweep(
+        readout, sae, latents, strengths, scale, config, f"steerability {sae.name}"
+    )
+    concepts = readout.concepts_VE.cpu().numpy()
+    s_idx = strengths.index(summary_strength)
+    rows, per = [], []
+    for i, f in enumerate(latents):
+        m = latent_metrics(delta[i], delta_logit[i], concepts)
+        top = int(np.argmax(delta[i, s_idx]))
+        promoted, demoted = top_concepts(delta[i, s_idx], readout.words, config.top_k_concepts)
+        rows.append(
+            LatentSteering(
+                latent=f,
+                top_concept=readout.words[top],
+                promoted=promoted,
+                demoted=demoted,
+                top_concept_prob=_r(base_mean[top] + delta[i, :, top]),
+                **{key: _r(v) for key, v in m.items()},
+            )
+        )
+        per.append(m)
+    stack = {key: np.stack([m[key] for m in per]) for key in per[0]}  # [n_latents, n_strengths]
+    summary = summarise(
+        stack["steerability"][:, s_idx],
+        stack["power"][:, s_idx],
+        [r.top_concept for r in rows],
+        config.steerable_threshold,
+    )
+    metrics = SteerabilityMetrics(
+        summary_strength=summary_strength,
+        **summary,
+        mean_steerability_signed=float(stack["steerability_signed"][:, s_idx].mean()),
+        mean_aggregate_prob_diff=float(stack["aggregate_prob_diff"][:, s_idx].mean()),
+        mean_logit_power=float(stack["logit_power"][:, s_idx].mean()),
+        mean_logit_steerability=float(stack["logit_steerability"][:, s_idx].mean()),
+        mean_polysemanticity=float(stack["polysemanticity"][:, s_idx].mean()),
+    )
+    unsteered = np.argsort(-base_mean, kind="stable")[: config.top_k_concepts]
+    details = SteerabilityDetails(
+        host=readout.kind,
+        inputs=readout.inputs_name,
+        n_inputs=stats["n_prefix_sequences"],
+        readout="image embedding" if readout.kind == "clip" else config.readout,
+        n_readout_positions=stats["n_readout_positions"],
+        vocab=config.vocab,
+        vocab_size=len(readout.words),
+        n_vocab_dropped=readout.n_dropped,
+        softmax_scale=scale,
+        strengths=strengths,
+        summary_strength=summary_strength,
+        unsteered_top=[(readout.words[i], _r(base_mean[i])[0]) for i in unsteered],
+        mean_steerability_by_strength=_r(stack["steerability"].mean(0)),
+        frac_steerable_by_strength=_r((stack["steerability"] > config.steerable_threshold).mean(0)),
+        mean_power_by_strength=_r(stack["power"].mean(0)),
+        n_prefix_sequences=stats["n_prefix_sequences"],
+        n_suffix_sequences=stats["n_suffix_sequences"],
+        seconds_prefix=round(stats["seconds_prefix"], 3),
+        seconds_sweep=round(stats["seconds_sweep"], 3),
+        latents=rows,
+    )
+    return SteerabilityResult(
+        eval="steerability",
+        sae=SAEInfo.of(sae),
+        model=host.name,
+        preset=ctx.preset,
+        config=config,
+        metrics=metrics,
+        details=details,
+    )
+
+
+def _r(values) -> list[float]:
+    """Six significant digits: enough for any threshold, and the JSON stays small."""
+    return [float(f"{float(v):.6g}") for v in np.atleast_1d(values)]
+
+
+SPEC = register_eval(
+    EvalSpec(
+        name="steerability",
+        config_cls=SteerabilityConfig,
+        run=run,
+        description="steer each sampled latent over a strength sweep; probability shifts over a concept "
+        "vocabulary "
+        "(power, steerability S, % steerable, top concepts)",
+        presets={
+            "demo": {
+                "n_latents": 32,
+                "n_inputs": 8,
+                "prompt_len": 32,
+                "strengths": [-20.0, 0.0, 20.0, 50.0, 150.0],
+            },
+            "tiny": {
+                "n_latents": 8,
+                "n_inputs": 4,
+                "prompt_len": 16,
+                "vocab_size": 500,
+                "strengths": [0.0, 10.0, 50.0],
+            },
+        },
+        report=report_section,
+    )
+)

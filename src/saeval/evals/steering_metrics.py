@@ -1,0 +1,265 @@
+"""Steerability helpers: the readouts over a concept vocabulary, the metrics computed from their probability
+shifts (methods.md section A), and the report section.
+
+For one latent and strength s, Delta_v = mean over inputs of p_v(s) - p_v(unsteered), with p a softmax over
+the vocabulary's readout scores; the logit version uses the scores themselves (no softmax).
+"""
+
+from __future__ import annotations
+
+import html
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from saeval.data.corpora import load_contexts
+from saeval.data.images import load_images
+from saeval.data.vocab import check_tokenised
+from saeval.errors import SaevalError
+from saeval.hosts.hooks import get_attr
+
+if TYPE_CHECKING:
+    from saeval.evals.steerability import SteerabilityConfig
+
+
+# ------------------------------------------------------------------------------------------------ readouts
+class LMReadout:
+    """Next-token logits of the vocabulary's first tokens (" word") at readout positions of corpus prompts."""
+
+    kind = "lm"
+
+    def __init__(self, host, hook: str, words: list[str], config: SteerabilityConfig, corpus: str, seed: int):
+        self.host, self.hook, self.config = host, hook, config
+        counts, first = [], []
+        for w in words:
+            ids = host.tokenizer(" " + w, add_special_tokens=False)["input_ids"]
+            counts.append(len(ids))
+            first.append(ids[0] if ids else -1)
+        check_tokenised(words, counts, f"the tokenizer of {host.name}")
+        keep: dict[int, str] = {}
+        for w, t in zip(words, first, strict=True):
+            # A bare-space first token says nothing about the word; a shared first token would count twice.
+            if t not in keep and host.tokenizer.decode([t]).strip():
+                keep[t] = w
+        if not keep:
+            raise SaevalError(
+                "no vocabulary word has a first token of its own: use a vocabulary of plain words"
+            )
+        self.words, self.n_dropped = list(keep.values()), len(words) - len(keep)
+        self.token_ids = list(keep)
+        token_ids = torch.tensor(self.token_ids, device=host.device)
+        unembed = host.model.get_output_embeddings()
+        self.W_VD = unembed.weight[token_ids].float()
+        self.b_V = unembed.bias[token_ids].float() if getattr(unembed, "bias", None) is not None else None
+        self.final_norm = get_attr(host.model, host.layout.final_norm)
+        self.softcap = getattr(host.config, "final_logit_softcapping", None)
+        self.concepts_VE = F.normalize(self.W_VD, dim=-1)
+        self.prompts = load_contexts(
+            host, corpus, config.n_inputs * config.prompt_len, config.prompt_len, seed
+        )
+        self.inputs_name = f"{corpus} prompts"
+
+    def batches(self, batch_size: int):
+        for i in range(0, len(self.prompts), batch_size):
+            yield self.prompts[i : i + batch_size]
+
+    def prefix(self, tokens_BL: Tensor):
+        acts, state = self.host.prefix(tokens_BL, self.hook)
+        ordinary = self.host.ordinary_mask(tokens_BL).to(acts.device)
+        steer = torch.ones_like(ordinary) if self.config.steer_special_tokens else ordinary
+        weight = ordinary[:, -1:].float() if self.config.readout == "last" else ordinary.float()
+        return acts, state, steer, weight
+
+    def scores(self, state, acts_NLD: Tensor) -> Tensor:
+        resid = self.host.residual_from(state, acts_NLD)
+        if self.config.readout == "last":
+            resid = resid[:, -1:]
+        logits = self.final_norm(resid).float() @ self.W_VD.T
+        if self.b_V is not None:
+            logits = logits + self.b_V
+        return torch.tanh(logits / self.softcap) * self.softcap if self.softcap else logits
+
+
+class CLIPReadout:
+    """Cosine of the (steered) image embedding with the vocabulary's text embeddings."""
+
+    kind = "clip"
+
+    def __init__(self, host, hook: str, words: list[str], config: SteerabilityConfig, seed: int):
+        self.host, self.hook = host, hook
+        self.words, self.n_dropped = words, 0
+        self.concepts_VE = F.normalize(host.text_embeddings(words, config.text_template).float(), dim=-1)
+        self.pixels = host.preprocess(load_images(config.images, config.n_inputs, seed))
+        self.inputs_name = f"images {config.images}"
+
+    def batches(self, batch_size: int):
+        for i in range(0, len(self.pixels), batch_size):
+            yield self.pixels[i : i + batch_size]
+
+    def prefix(self, pixels: Tensor):
+        acts, state = self.host.prefix(pixels, self.hook)
+        steer = torch.ones(acts.shape[:2], dtype=torch.bool, device=acts.device)
+        return acts, state, steer, torch.ones(len(acts), 1, device=acts.device)
+
+    def scores(self, state, acts_NLD: Tensor) -> Tensor:
+        emb = F.normalize(self.host.run_from(state, acts_NLD).float(), dim=-1)
+        return (emb @ self.concepts_VE.T)[:, None, :]
+
+
+# ---------------------------------------------------------------------------------------------------- metrics
+
+
+def latent_metrics(
+    delta_SV: np.ndarray, delta_logit_SV: np.ndarray, concepts_VE: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Per strength: power max_v Delta_v, steerability S = sum_v Delta_v^2, the signed
+    sum_v Delta_v |Delta_v|, the aggregate probability difference (half the L1 norm: probability mass moved),
+    the same three on logit differences, and polysemanticity."""
+    d, dl = delta_SV.astype(np.float64), delta_logit_SV.astype(np.float64)
+    return {
+        "power": d.max(-1),
+        "steerability": (d**2).sum(-1),
+        "steerability_signed": (d * np.abs(d)).sum(-1),
+        "aggregate_prob_diff": 0.5 * np.abs(d).sum(-1),
+        "logit_power": dl.max(-1),
+        "logit_steerability": (dl**2).sum(-1),
+        "logit_steerability_signed": (dl * np.abs(dl)).sum(-1),
+        "polysemanticity": polysemanticity(d, concepts_VE),
+    }
+
+
+def polysemanticity(delta_SV: np.ndarray, concepts_VE: np.ndarray) -> np.ndarray:
+    """|| Delta . T - (sum_v t_v) / ||sum_v t_v|| ||_2 with T the unit concept embeddings [V, E]
+    (methods.md A): the Delta-weighted sum of concept directions against the vocabulary's mean direction."""
+    t = concepts_VE.astype(np.float64)
+    t = t / np.maximum(np.linalg.norm(t, axis=-1, keepdims=True), 1e-12)
+    centroid = t.sum(0)
+    centroid = centroid / max(float(np.linalg.norm(centroid)), 1e-12)
+    return np.linalg.norm(delta_SV.astype(np.float64) @ t - centroid, axis=-1)
+
+
+def top_concepts(
+    delta_V: np.ndarray, words: list[str], k: int
+) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    """The k most promoted (largest Delta) and k most demoted (smallest Delta) concepts; ties: vocab order."""
+    order = np.argsort(-delta_V, kind="stable")
+    promoted = [(words[i], float(f"{float(delta_V[i]):.6g}")) for i in order[:k]]
+    demoted = [(words[i], float(f"{float(delta_V[i]):.6g}")) for i in np.argsort(delta_V, kind="stable")[:k]]
+    return promoted, demoted
+
+
+def summarise(steer_N: np.ndarray, power_N: np.ndarray, top_N: list[str], threshold: float) -> dict[str, Any]:
+    """SAE-level numbers at one strength: fraction steerable (S > threshold), distinct top concepts (among the
+    steerable latents, as the paper counts them, and among all), mean power, mean S, mean per-latent S/P."""
+    steerable = steer_N > threshold
+    positive = power_N > 1e-12
+    return {
+        "n_latents": int(len(steer_N)),
+        "n_steerable": int(steerable.sum()),
+        "frac_steerable": float(steerable.mean()) if len(steer_N) else 0.0,
+        "n_distinct_top_concepts": len({t for t, s in zip(top_N, steerable, strict=True) if s}),
+        "n_distinct_top_concepts_all": len(set(top_N)),
+        "mean_power": float(power_N.mean()) if len(power_N) else 0.0,
+        "mean_steerability": float(steer_N.mean()) if len(steer_N) else 0.0,
+        "mean_s_over_p": float((steer_N[positive] / power_N[positive]).mean()) if positive.any() else None,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- report
+def _figure_html(fig) -> str:
+    try:
+        from saeval.report.html import figure_html
+    except ImportError:
+        return fig.to_html(full_html=False, include_plotlyjs=False)
+    return figure_html(fig)
+
+
+def report_section(records: list[dict[str, Any]]) -> str:
+    """Summary table, histogram of S at the summary strength, and the curves of the most steerable latents."""
+    import plotly.graph_objects as go
+
+    columns = [
+        "sae",
+        "preset",
+        "host",
+        "summary_strength",
+        "n_latents",
+        "frac_steerable",
+        "n_distinct_top_concepts",
+        "mean_power",
+        "mean_steerability",
+        "mean_s_over_p",
+        "mean_polysemanticity",
+    ]
+    rows = []
+    hist = go.Figure()
+    parts = []
+    for rec in records:
+        m, det = rec["metrics"], rec["details"]
+        rows.append({"sae": rec["sae"]["name"], "preset": rec.get("preset"), "host": det.get("host"), **m})
+        s_idx = det["strengths"].index(det["summary_strength"])
+        latents = det["latents"]
+        hist.add_trace(
+            go.Histogram(
+                x=[lat["steerability"][s_idx] for lat in latents],
+                name=rec["sae"]["name"],
+                opacity=0.6,
+                nbinsx=40,
+            )
+        )
+        best = sorted(latents, key=lambda lat: -lat["steerability"][s_idx])[:6]
+        curve_s, curve_p = go.Figure(), go.Figure()
+        for lat in best:
+            label = f"#{lat['latent']}: {lat['top_concept']}"
+            curve_s.add_trace(
+                go.Scatter(x=det["strengths"], y=lat["steerability"], mode="lines+markers", name=label)
+            )
+            curve_p.add_trace(
+                go.Scatter(x=det["strengths"], y=lat["top_concept_prob"], mode="lines+markers", name=label)
+            )
+        curve_s.update_layout(
+            title=f"{rec['sae']['name']}: steerability S vs strength (most steerable latents)",
+            xaxis_title="strength",
+            yaxis_title="S",
+        )
+        curve_p.update_layout(
+            title=f"{rec['sae']['name']}: top concept's mean probability vs strength",
+            xaxis_title="strength",
+            yaxis_title="p(top concept)",
+        )
+        table = "".join(
+            f"<tr><td>{lat['latent']}</td><td>{lat['steerability'][s_idx]:.3g}</td><td>{lat['power'][s_idx]:.3g}</td>"
+            f"<td>{html.escape(', '.join(w for w, _ in lat['promoted']))}</td>"
+            f"<td>{html.escape(', '.join(w for w, _ in lat['demoted']))}</td></tr>"
+            for lat in best
+        )
+        parts.append(
+            _figure_html(curve_s)
+            + _figure_html(curve_p)
+            + "<table><tr><th>latent</th><th>S</th><th>power</th><th>promoted</th><th>demoted</th></tr>"
+            + table
+            + "</table>"
+        )
+    hist.update_layout(
+        barmode="overlay",
+        title="Steerability S of sampled latents at the summary strength",
+        xaxis_title="S",
+        yaxis_title="latents",
+    )
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
+    note = (
+        "<p class='note'>Steering sets one latent to strength s at every token (SAE error kept); "
+        "S = sum over the vocabulary of the squared mean probability shift; "
+        "steerable iff S &gt; threshold.</p>"
+    )
+    return f"{note}<table><tr>{head}</tr>{body}</table>" + _figure_html(hist) + "".join(parts)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape("" if value is None else str(value))
