@@ -1,0 +1,280 @@
+"""Synthetic-activations eval: step construction, MS step, plateau, target constructions, the cached runner
+against plain forwards, bad inputs, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from saeval.errors import SaevalError
+from saeval.evals.base import EvalContext
+from saeval.evals.synthetic import (
+    SPEC,
+    LastPositionRunner,
+    absolute_steps,
+    curve_values,
+    max_slope_step,
+    plateau_length,
+    relative_steps,
+    report_section,
+    run,
+)
+from saeval.evals.synthetic_targets import baseline_latents, fit_gaussian, structured_latents
+from saeval.results import write_result
+from saeval.saes.base import SAEConfig, create_sae
+
+HOOK = "blocks.1.hook_resid_post"
+
+
+def random_sae(d_in: int = 64, d_sae: int = 256, k: int = 8, hook: str = HOOK, seed: int = 0, name="rand"):
+    """Random TopK SAE with unit decoder rows and a tied encoder: every latent can fire."""
+    torch.manual_seed(seed)
+    sae = create_sae(SAEConfig(architecture="topk", d_in=d_in, d_sae=d_sae, k=k, hook_name=hook, name=name))
+    with torch.no_grad():
+        sae.W_dec.copy_(F.normalize(torch.randn(d_sae, d_in), dim=-1))
+        sae.W_enc.copy_(sae.W_dec.T)
+    return sae
+
+
+# ------------------------------------------------------------------------------------------ curves
+def test_max_slope_step_finds_the_jump_and_the_floor():
+    curve = np.r_[np.linspace(0, 1, 40), np.linspace(5, 6, 60)]  # jump between index 39 and 40
+    assert max_slope_step(curve) == 40
+    assert max_slope_step(np.linspace(0, 0.5, 100)) == 99  # slope 0.005 everywhere: below the 0.02 floor
+    assert max_slope_step(0.5 * np.arange(10.0)) == 0  # all slopes equal (exactly): the first one wins
+    # s_0 duplicates s_1, so a curve that rises most at its first step reports step 0 (ties go to the first)
+    assert max_slope_step(np.array([0.0, 3.0, 4.0, 4.5])) == 0
+    assert max_slope_step(np.array([1.0])) == 99
+
+
+def test_absolute_steps_follow_the_grid_and_stop_short_of_the_target():
+    A, T = torch.zeros(8), torch.zeros(8)
+    T[3] = 10.3  # floor(10.3 / 0.5) = 20 points of the 100-point grid
+    steps = absolute_steps(A, T, 0.5, 100)
+    assert steps.shape == (20, 8)
+    gaps = steps.diff(dim=0).norm(dim=-1)
+    assert torch.allclose(gaps, torch.full_like(gaps, 0.5 * 100 / 99))
+    assert float(steps[-1].norm()) <= 10.3
+    assert torch.allclose(steps[:, [0, 1, 2, 4, 5, 6, 7]], torch.zeros(20, 7))
+    assert absolute_steps(A, T, 0.5, 50).shape[0] == 10  # same span on a coarser grid
+    far = T * 100
+    assert absolute_steps(A, far, 0.5, 100).shape[0] == 100  # a far target: all 100 steps
+
+
+def test_relative_steps_interpolate_between_endpoints():
+    A, T = torch.randn(5), torch.randn(5)
+    steps = relative_steps(A, T, 11)
+    assert torch.allclose(steps[0], A) and torch.allclose(steps[-1], T)
+    assert torch.allclose(steps[5], (A + T) / 2, atol=1e-6)
+
+
+def test_plateau_length_is_the_first_crossing():
+    assert plateau_length(np.array([0, 1, 2, 19.9, 20, 30]), 20.0) == (4, False)
+    assert plateau_length(np.array([0, 1, 2]), 20.0) == (3, True)
+
+
+# ------------------------------------------------------------------------------------------ targets
+def test_baseline_replaces_each_latent_within_its_density_neighbourhood():
+    rng = np.random.default_rng(0)
+    F_ = 400
+    log10 = np.full(F_, -1.0)
+    active = [5, 50, 100]
+    for a, level in zip(active, (-2.0, -4.0, -6.0), strict=True):
+        log10[a] = level
+        log10[a + 1 : a + 11] = level + np.linspace(0.01, 0.1, 10)  # the ten nearest neighbours
+    live = np.ones(F_, dtype=bool)
+    f = np.zeros(F_)
+    f[active] = [3.0, 2.0, 1.0]
+    picked = {a: set() for a in active}
+    for _ in range(200):
+        out = baseline_latents(f, log10, live, 10, rng)
+        assert sorted(out[out > 0].tolist()) == [1.0, 2.0, 3.0] and not out[active].any()
+        for a, value in zip(active, (3.0, 2.0, 1.0), strict=True):
+            idx = int(np.flatnonzero(out == value)[0])
+            assert a < idx <= a + 10
+            picked[a].add(idx)
+    assert all(len(s) == 10 for s in picked.values())  # uniform over the ten: every neighbour gets drawn
+
+
+def test_baseline_skips_dead_latents():
+    log10 = np.array([-2.0, -2.0, -2.0001, -2.1, -3.0, -5.0])
+    live = np.array([True, True, False, True, True, True])
+    f = np.array([1.0, 0, 0, 0, 0, 0])
+    out = baseline_latents(f, log10, live, 1, np.random.default_rng(0))
+    assert out[1] == 1.0  # latent 2 is closer in density but dead
+
+
+def test_structured_picks_the_anchor_and_matches_cosines():
+    D, F_ = 256, 600
+    gen = torch.Generator().manual_seed(0)
+    W = F.normalize(torch.randn(F_, D, generator=gen), dim=-1)  # decoys: |cos| ~ 0.06
+    basis = torch.linalg.qr(torch.randn(D, 8, generator=gen))[0].T  # orthonormal e0..e7
+
+    def unit_with_cos(u, cos, other):
+        return cos * u + (1 - cos**2) ** 0.5 * other
+
+    top, others, anchor = 0, [1, 2, 3], 10
+    W[top] = basis[0]
+    target_cos = [0.9, 0.6, 0.3]
+    for j, c in zip(others, target_cos, strict=True):
+        W[j] = unit_with_cos(basis[0], c, basis[j])
+    W[anchor] = unit_with_cos(basis[0], 0.42, basis[4])  # the planted anchor ...
+    W[11] = unit_with_cos(basis[0], 0.8, basis[5])  # ... and density-near candidates with other cosines
+    W[12] = unit_with_cos(basis[0], 0.1, basis[6])
+    planted = [20, 21, 22]  # cos to the anchor equals cos(top, f)
+    rest = [basis[1], basis[2], basis[3]]
+    anchor_dir = W[anchor]
+    for g, c, r in zip(planted, target_cos, rest, strict=True):
+        r = F.normalize(r - (r @ anchor_dir) * anchor_dir, dim=0)
+        W[g] = unit_with_cos(anchor_dir, c, r)
+    log10 = np.full(F_, -6.0)
+    log10[[top, anchor, 11, 12]] = [-2.0, -2.01, -2.02, -2.03]
+    log10[50:] = -5.0  # everything else is far in density from the top latent
+    f = np.zeros(F_)
+    f[[top, *others]] = [4.0, 3.0, 2.0, 1.0]
+    out, chosen = structured_latents(f, log10, np.ones(F_, dtype=bool), W, pool=3, anchor_cos=0.42)
+    assert chosen == anchor and out[anchor] == 4.0
+    assert [out[g] for g in planted] == [3.0, 2.0, 1.0]
+    assert np.count_nonzero(out) == 4
+
+
+def test_fit_gaussian_full_rank_matches_numpy():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 6, generator=gen) @ torch.randn(6, 6, generator=gen) + 3.0
+    fit = fit_gaussian(x)
+    assert fit.warning is None
+    cov = np.cov(x.numpy().T, bias=True)
+    assert np.allclose((fit.factor_DD @ fit.factor_DD.T).numpy(), cov, atol=1e-8)
+    samples = fit.sample(40000, torch.Generator().manual_seed(1)).double().numpy()
+    assert np.allclose(samples.mean(0), x.mean(0).numpy(), atol=0.1)
+    assert np.allclose(np.cov(samples.T), cov, rtol=0.1, atol=0.1 * np.abs(cov).max())
+
+
+def test_fit_gaussian_regularises_a_singular_covariance_and_says_so():
+    x = torch.randn(5, 12, generator=torch.Generator().manual_seed(0))  # 5 samples in 12 dims: rank 4
+    fit = fit_gaussian(x)
+    assert fit.warning is not None and "singular" in fit.warning and "rank 4" in fit.warning
+    samples = fit.sample(10, torch.Generator().manual_seed(0))
+    assert torch.isfinite(samples).all()
+
+
+# ------------------------------------------------------------------------------------------ runner
+@pytest.mark.parametrize("hook", [HOOK, "blocks.2.hook_resid_pre", "blocks.3.hook_resid_post"])
+def test_cached_runner_matches_plain_forward(tiny_host, hook):
+    tokens = torch.tensor([[tiny_host.bos_id, 100, 200, 300, 400, 500, 600]])
+    base = tiny_host.capture(tokens, [hook])[hook][0, -1]
+    acts = base + torch.randn(5, base.shape[0], generator=torch.Generator().manual_seed(0))
+    fast, full = LastPositionRunner(tiny_host, hook), LastPositionRunner(tiny_host, hook, fast=False)
+    assert fast.fast and not full.fast
+    for runner in (fast, full):
+        runner.prepare(tokens)
+    final_fast, logits_fast = fast.run(acts)
+    final_full, logits_full = full.run(acts)
+    assert torch.allclose(final_fast, final_full, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(logits_fast, logits_full, atol=1e-4, rtol=1e-4)
+
+
+def test_curve_values_match_numpy_l2_and_kl(tiny_host):
+    hook = "blocks.1.hook_resid_post"
+    tokens = torch.tensor([[tiny_host.bos_id, 11, 22, 33, 44]])
+    base = tiny_host.capture(tokens, [hook])[hook][0, -1]
+    target = base + 3 * torch.randn(base.shape[0], generator=torch.Generator().manual_seed(0))
+    runner = LastPositionRunner(tiny_host, hook)
+    runner.prepare(tokens)
+    steps = relative_steps(base, target, 6)
+    l2, kl, _ = curve_values(runner, base[None], [(0, steps[1:])], batch_rows=2)
+    # Independent: full forwards with the last position replaced, then NumPy.
+    final = f"blocks.{tiny_host.n_layers - 1}.hook_resid_post"
+    resid, probs = [], []
+    for act in steps:
+        caps = {final: []}
+
+        def replace(a, act=act):
+            a = a.clone()
+            a[:, -1] = act
+            return a
+
+        logits = tiny_host.forward(tokens, interventions={hook: replace}, captures=caps)[0, -1]
+        logits = logits.double().numpy()
+        resid.append(caps[final][0][0, -1].double().numpy())
+        p = np.exp(logits - logits.max())
+        probs.append(p / p.sum())
+    want_l2 = [np.linalg.norm(r - resid[0]) for r in resid]
+    want_kl = [np.sum(probs[0] * (np.log(probs[0]) - np.log(q))) for q in probs]
+    assert np.allclose(l2[0].numpy(), want_l2, rtol=1e-3, atol=1e-4)
+    assert np.allclose(kl[0].numpy(), want_kl, rtol=1e-2, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ bad input
+def test_bad_inputs_raise_clear_errors(tiny_host):
+    ctx = EvalContext(host=tiny_host, hook=HOOK, corpus="sotu", preset="tiny")
+    tiny = SPEC.config("tiny")
+    with pytest.raises(SaevalError, match="differs from SAE"):
+        run(ctx, random_sae(), SPEC.config("tiny", hook="blocks.2.hook_resid_post"))
+    with pytest.raises(SaevalError, match="past the depth"):
+        run(ctx, random_sae(hook="blocks.9.hook_resid_post"), tiny)
+    with pytest.raises(SaevalError, match="n_steps"):
+        run(ctx, random_sae(), SPEC.config("tiny", n_steps=1))
+    with pytest.raises(SaevalError, match="live latents"):
+        run(ctx, random_sae(d_sae=24, k=4), tiny)
+    with pytest.raises(SaevalError, match="d_in"):
+        run(ctx, random_sae(d_in=32), tiny)
+
+
+# ------------------------------------------------------------------------------------------ end to end
+@pytest.fixture(scope="module")
+def tiny_runs(tiny_host, tmp_path_factory):
+    out = tmp_path_factory.mktemp("synthetic")
+    sae = random_sae()
+    cfg = SPEC.config("tiny")
+    first = run(EvalContext(host=tiny_host, hook=HOOK, corpus="sotu", preset="tiny", out_dir=out), sae, cfg)
+    # A core result with planted densities: latents 0..99 dead, the rest live.
+    density = [0.0] * 100 + [0.01] * 156
+    core = {"eval": "core", "sae": first.sae.model_dump(), "preset": "tiny", "config": {}, "metrics": {},
+            "details": {"latent_density": density, "n_sparsity_tokens": 1000}}
+    (out / sae.name).mkdir(parents=True, exist_ok=True)
+    (out / sae.name / "core.json").write_text(json.dumps(core))
+    second = run(EvalContext(host=tiny_host, hook=HOOK, corpus="sotu", preset="tiny", out_dir=out), sae, cfg)
+    third = run(EvalContext(host=tiny_host, hook=HOOK, corpus="sotu", preset="tiny", out_dir=out), sae, cfg)
+    return first, second, third, out
+
+
+def test_tiny_run_is_deterministic_and_reuses_core_densities(tiny_runs):
+    first, second, third, _ = tiny_runs
+    assert first.details.density_source == "corpus pass"
+    assert second.details.density_source == "core" and second.details.n_live_latents == 156
+    strip = {"created_at", "seconds"}
+    assert second.model_dump(exclude=strip) == third.model_dump(exclude=strip)
+    d = first.details
+    n = first.config.n_samples
+    for stats in (d.ms_step_l2, d.ms_step_kl, d.ms_step_l2_relative):
+        assert all(len(v) == n and all(0 <= x <= 99 for x in v) for v in stats.per_sample.values())
+    assert d.plateau is not None and d.plateau_threshold == pytest.approx(0.1 * d.final_resid_norm_median)
+    assert d.step_size == pytest.approx(d.median_real_distance / 100)  # "auto" in the tiny preset
+
+
+def test_synthetic_latents_are_live_unused_and_keep_the_values():
+    rng = np.random.default_rng(1)
+    F_, D = 300, 32
+    W = F.normalize(torch.randn(F_, D, generator=torch.Generator().manual_seed(1)), dim=-1)
+    log10 = rng.uniform(-5, -1, F_)
+    live = rng.random(F_) < 0.5
+    f = np.zeros(F_)
+    active = rng.choice(F_, 12, replace=False)
+    f[active] = rng.uniform(0.5, 3, 12)
+    for out in (baseline_latents(f, log10, live, 10, rng),
+                structured_latents(f, log10, live, W, pool=20, anchor_cos=0.42)[0]):
+        used = np.flatnonzero(out)
+        assert live[used].all() and not np.isin(used, active).any()
+        assert np.allclose(np.sort(out[used]), np.sort(f[active]))
+
+
+def test_report_section_renders(tiny_runs):
+    first, _, _, out = tiny_runs
+    path = write_result(out, first)
+    html = report_section([json.loads(path.read_text())])
+    assert "MS step (L2) CDF" in html and "plateau" in html and first.sae.name in html
