@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,8 +70,9 @@ class ActivationCache:
         folder = folder or cache_dir() / "activations" / _cache_key(host, hook, corpus, contexts_NL)
         if (folder / "meta.json").exists():
             return cls(folder)
-        tmp = folder.with_name(folder.name + ".partial")
-        tmp.mkdir(parents=True, exist_ok=True)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        # A private temp folder per builder: two processes building the same cache never share files.
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
         shards, pending, n_pending, total = [], [], 0, 0
 
         def flush() -> None:
@@ -93,7 +96,10 @@ class ActivationCache:
         meta = {"n_tokens": total, "d_model": host.d_model, "shards": shards, "model": host.name, "hook": hook,
                 "corpus": corpus, "contexts": list(contexts_NL.shape)}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        tmp.replace(folder)
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process finished the same cache first: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
         return cls(folder)
 
     def __iter__(self) -> Iterator[Tensor]:
