@@ -61,11 +61,13 @@ def test_reconstruction_formulas_match_numpy():
     assert s["mse"] == pytest.approx(err.mean(), rel=1e-5)
     total_var = (x**2).sum(1).mean() - (x.mean(0) ** 2).sum()
     assert s["explained_variance"] == pytest.approx(1 - err.mean() / total_var, rel=1e-5)
-    legacy = np.concatenate([1 - err[c] / ((x[c] - x[c].mean(0)) ** 2).sum(1) for c in np.array_split(np.arange(500), 5)])
+    chunks = np.array_split(np.arange(500), 5)
+    legacy = np.concatenate([1 - err[c] / ((x[c] - x[c].mean(0)) ** 2).sum(1) for c in chunks])
     assert s["explained_variance_legacy"] == pytest.approx(legacy.mean(), rel=1e-4)
     cos = (x * xhat).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(xhat, axis=1)
     assert s["cossim"] == pytest.approx(cos.mean(), rel=1e-5)
-    assert s["relative_reconstruction_bias"] == pytest.approx((xhat**2).sum(1).mean() / (x * xhat).sum(1).mean(), rel=1e-5)
+    bias = (xhat**2).sum(1).mean() / (x * xhat).sum(1).mean()
+    assert s["relative_reconstruction_bias"] == pytest.approx(bias, rel=1e-5)
 
 
 def test_decoder_cosines_match_numpy():

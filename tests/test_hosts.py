@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, Gemma2Config, Gemma2ForCausalLM
+from transformers import Gemma2Config, Gemma2ForCausalLM, GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
 
 from saeval.errors import SaevalError
 from saeval.hosts import LanguageHost
@@ -77,7 +77,8 @@ def test_interventions_edit_the_forward(tiny_host):
     edited = tiny_host.forward(tokens, interventions={"blocks.1.hook_resid_post": torch.zeros_like})
     assert (edited - clean).abs().max() > 1e-3
     # An edit at a hook is what the next hook sees.
-    got = tiny_host.capture(tokens, ["blocks.2.hook_resid_pre"], interventions={"blocks.1.hook_resid_post": torch.zeros_like})
+    zero = {"blocks.1.hook_resid_post": torch.zeros_like}
+    got = tiny_host.capture(tokens, ["blocks.2.hook_resid_pre"], interventions=zero)
     assert got["blocks.2.hook_resid_pre"].abs().max() == 0
 
 

@@ -206,11 +206,14 @@ class LanguageHost:
         return out.logits
 
     @torch.inference_mode()
-    def prefix(self, tokens_BL: Tensor, hook: str, attention_mask_BL: Tensor | None = None) -> tuple[Tensor, PrefixState]:
+    def prefix(
+        self, tokens_BL: Tensor, hook: str, attention_mask_BL: Tensor | None = None
+    ) -> tuple[Tensor, PrefixState]:
         """Run up to ``hook``; return its activation and the state needed to continue from there."""
         point = self.hook(hook)
         start = point.layer if point.kind == "hook_resid_pre" else point.layer + 1
-        if point.kind not in ("hook_resid_pre", "hook_resid_post") or self.config.model_type in ("gemma2", "gemma3_text"):
+        inside_block = point.kind not in ("hook_resid_pre", "hook_resid_post")
+        if inside_block or self.config.model_type in ("gemma2", "gemma3_text"):
             # attn/mlp outputs sit inside a block and Gemma2/3 give each layer its own mask: continue with a full pass.
             acts = self.capture(tokens_BL, [hook], attention_mask_BL)[hook]
             return acts, PrefixState(tokens_BL, attention_mask_BL, -1, point)

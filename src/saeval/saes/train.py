@@ -142,6 +142,6 @@ def _loss(sae: SAE, x: Tensor, cfg: TrainConfig, tokens_since_fired: Tensor, aux
         e_hat = torch.zeros_like(pre).scatter(-1, idx, values) @ sae.W_dec
         aux = (e_hat - err.detach()).pow(2).sum() / (err.detach() - err.detach().mean(0)).pow(2).sum()
         loss = loss + cfg.aux_coeff * aux
-    stats = {"loss": float(loss.detach()), "fvu": float(fvu.detach()), "aux": float(aux.detach()), "dead_frac": n_dead / len(dead),
-             "l0": float((f > 0).sum(-1).float().mean())}
+    stats = {"loss": float(loss.detach()), "fvu": float(fvu.detach()), "aux": float(aux.detach()),
+             "dead_frac": n_dead / len(dead), "l0": float((f > 0).sum(-1).float().mean())}
     return loss, stats
