@@ -80,3 +80,16 @@ def test_nan_activations_are_rejected(tiny_host):
             next(stream_activations(tiny_host, "blocks.1.hook_resid_post", contexts))
     finally:
         weight[0, 0] = original
+
+
+def test_hf_dataset_corpus_streams_a_local_dataset_folder(tmp_path, tiny_host):
+    """`hf:NAME` goes through datasets.load_dataset(streaming=True); a local folder of jsonl stands in for a hub id."""
+    pytest.importorskip("datasets")
+    folder = tmp_path / "my_dataset"
+    folder.mkdir()
+    rows = [{"text": f"Document {i} says the whale is white. " * 10} for i in range(6)]
+    (folder / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    docs = list(iter_documents(f"hf:{folder}"))
+    assert docs == [r["text"] for r in rows]
+    ctx = load_contexts(tiny_host, f"hf:{folder}:train", 64, ctx_len=16)
+    assert ctx.shape == (4, 16) and (ctx[:, 0] == tiny_host.bos_id).all()
