@@ -73,7 +73,9 @@ class ActivationCache:
         folder.parent.mkdir(parents=True, exist_ok=True)
         # A private temp folder per builder: two processes building the same cache never share files.
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-        shards, pending, n_pending, total = [], [], 0, 0
+        shards: list[str] = []
+        pending: list[Tensor] = []
+        n_pending = total = 0
 
         def flush() -> None:
             nonlocal pending, n_pending

@@ -100,7 +100,7 @@ def parse_hook(name: str, n_layers: int) -> HookPoint:
 
 
 def resolve(model: nn.Module, layout: ArchLayout, hook: HookPoint) -> ModuleSite:
-    block = get_attr(model, layout.layers)[hook.layer]
+    block = get_attr(model, layout.layers)[hook.layer]  # type: ignore[index]
     if hook.kind == "hook_resid_pre":
         return ModuleSite(block, "input")
     if hook.kind == "hook_resid_post":

@@ -6,6 +6,8 @@ function), running the model from a hook onward, and batched generation with int
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -81,10 +83,11 @@ class LanguageHost:
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, name_or_path: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LanguageHost:
+        path: Path | str = name_or_path
         if name_or_path in EMBEDDED_MODELS:
             path = _embedded_smollm2_dir()
-        else:
-            path = Path(name_or_path) if Path(name_or_path).exists() else name_or_path
+        elif Path(name_or_path).exists():
+            path = Path(name_or_path)
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
@@ -335,12 +338,16 @@ def _embedded_smollm2_dir() -> Path:
     start = time.time()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = target.with_name(target.name + ".tmp")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".smollm2-"))
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    tmp.replace(target) if not target.exists() else None
+    try:
+        tmp.rename(target)
+    except OSError:  # another process converted it first
+        shutil.rmtree(tmp, ignore_errors=True)
     print(f"converted {gguf.name} to {target} in {time.time() - start:.0f}s")
     return target
