@@ -114,7 +114,13 @@ def _subset(n_total: int, n: int | None, seed: int) -> np.ndarray:
 
 
 def load_images(source: str, n: int | None = None, seed: int = 0) -> list[np.ndarray]:
-    """Up to ``n`` images (a seeded random subset when the source holds more), each uint8 [H, W, 3]."""
+    """Up to ``n`` images (a seeded random subset when the source holds more), each uint8 [H, W, 3].
+
+    Sources joined by ``+`` (``fashion-mnist+photos``) are concatenated, each giving up to ceil(n / count)."""
+    if "+" in source and not Path(source).exists():
+        parts = [p for p in source.split("+") if p]
+        each = None if n is None else -(-n // len(parts))
+        return [img for part in parts for img in load_images(part, each, seed)]
     if source.startswith("fashion-mnist"):
         _, _, split = source.partition(":")
         images, _ = load_fashion_mnist(split or "t10k")

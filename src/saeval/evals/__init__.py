@@ -1,6 +1,7 @@
 """Built-in evals register themselves on import (see evals/base.py)."""
 
 from saeval.evals import core  # noqa: F401
+from saeval.evals import steerability  # noqa: F401
 from saeval.evals import synthetic  # noqa: F401
 from saeval.evals.base import EVALS, EvalConfig, EvalContext, EvalSpec, get_eval, register_eval, run_evals
 

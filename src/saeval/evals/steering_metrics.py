@@ -35,8 +35,9 @@ class LMReadout:
         self.host, self.hook, self.config = host, hook, config
         counts, first = [], []
         for w in words:
-            ids = host.tokenizer(" " + w, add_special_tokens=False)["input_ids"]
-            counts.append(len(ids))
+            # The word alone decides whether it tokenises to anything; mid-text it follows a space.
+            counts.append(len(host.tokenizer(w.strip(), add_special_tokens=False)["input_ids"]))
+            ids = host.tokenizer(" " + w.strip(), add_special_tokens=False)["input_ids"]
             first.append(ids[0] if ids else -1)
         check_tokenised(words, counts, f"the tokenizer of {host.name}")
         keep: dict[int, str] = {}
