@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 
 import numpy as np
 import pytest
@@ -299,3 +300,23 @@ def test_open_clip_adapter_layouts(style):
     assert host.text_embeddings(["ab", "c"]).shape == (2, 16)
     with pytest.raises(SaevalError, match="tokenise to nothing"):
         host.text_embeddings([""])
+
+
+def test_steer_clip_command_loads_saved_model(tiny_clip, tmp_path):
+    """The CLI path end to end: a CLIPModel folder loaded by path, an SAE folder, results JSON."""
+    from saeval.evals.steerability import steer_clip
+    from saeval.saes.formats import save_sae
+
+    tiny_clip.model.save_pretrained(tmp_path / "clip")
+    tiny_clip.backend.tokenizer.save_pretrained(tmp_path / "clip")
+    save_sae(_random_sae(32, 3), tmp_path / "sae")
+    reloaded = CLIPHost.load(str(tmp_path / "clip"))
+    pixels = reloaded.preprocess(load_images("fashion-mnist", 3))
+    assert torch.allclose(reloaded.image_embeddings(pixels), tiny_clip.image_embeddings(pixels), atol=1e-5)
+    steer_clip(sae=str(tmp_path / "sae"), model=str(tmp_path / "clip"), images="fashion-mnist", vocab="default",
+               out=tmp_path / "out", hook=None, preset="tiny", device="cpu", seed=0, force=False)
+    rec = json.loads((tmp_path / "out" / "sae" / "steerability.json").read_text())
+    assert rec["details"]["host"] == "clip" and rec["details"]["softmax_scale"] == 100.0
+    assert rec["metrics"]["n_latents"] == 8 and rec["details"]["n_inputs"] == 4
+    with pytest.raises(SaevalError, match="cannot load CLIP model"):
+        CLIPHost.load(str(tmp_path / "sae"))
