@@ -59,6 +59,29 @@ class LocalChatModel:
             replies += self.host.tokenizer.batch_decode(new, skip_special_tokens=True)
         return [r.strip() for r in replies]
 
+    @torch.inference_mode()
+    def choose(self, messages: list[str], options: dict[str, list[str]]) -> list[dict[str, float]]:
+        """Constrained answers for small judges: per message, the log of the summed probability of each
+        option's surface forms as the first token of the reply (e.g. {"yes": ["Yes", "yes"], ...})."""
+        firsts = {label: sorted({self.host.tokenizer(form, add_special_tokens=False)["input_ids"][0]
+                                 for form in forms}) for label, forms in options.items()}
+        out: list[dict[str, float]] = []
+        for start in range(0, len(messages), self.batch_size):
+            ids = [self.prompt_ids(m) for m in messages[start : start + self.batch_size]]
+            width = max(map(len, ids))
+            # Right padding: a causal model's logits at each row's last real token ignore the pads after it.
+            tokens = torch.full((len(ids), width), self.host.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(ids), width), dtype=torch.long)
+            for i, row in enumerate(ids):
+                tokens[i, : len(row)] = torch.tensor(row)
+                mask[i, : len(row)] = 1
+            logits = self.host.forward(tokens, mask).float()
+            last = torch.tensor([len(row) - 1 for row in ids])
+            logp = torch.log_softmax(logits[torch.arange(len(ids)), last], dim=-1).cpu()
+            for row in logp:
+                out.append({label: float(torch.logsumexp(row[toks], 0)) for label, toks in firsts.items()})
+        return out
+
 
 class OpenAIChatModel:
     """Any OpenAI-compatible /chat/completions endpoint; the key is read from the environment."""

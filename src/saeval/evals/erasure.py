@@ -1,0 +1,446 @@
+"""Shared machinery of the concept-erasure evals (TPP, SCR, SHIFT), following SAEBench scr_and_tpp.
+
+* Activations: each example is ``[BOS] + its tokens`` truncated to ``ctx_len``; the activations of its
+  ordinary (non-special) tokens at the SAE hook are stored flat on disk with offsets, once per
+  (model, hook, texts, ctx_len). Probe inputs are their means (SAEBench zeroes BOS/PAD/EOS and averages the rest).
+* Probes: trained once per (activations, probe config, seed, example sets) and cached on disk.
+* An SAE only encodes the cached tokens: pass 1 over the training examples gives per-set mean latent
+  activations (attribution) and each latent's top examples (SHIFT evidence); pass 2 over the test examples
+  keeps the mean activations of the latents any ablation will touch.
+* Attribution (train split): effect_f = (mean_pos f - mean_neg f) * (w_probe . W_dec[f]); TPP clamps the mean
+  difference at 0, SCR takes |effect|; the top-N non-zero effects are ablated.
+* Ablation keeps the SAE error: x' = decode(f with S zeroed) + (x - decode(f)) = x - sum_{s in S} f_s W_dec[s],
+  so the mean-pooled probe input is xbar - fbar[S] @ W_dec[S] and probe logits shift by fbar[S] @ (W_dec[S] w).
+  SAEBench also sums x' over the zeroed (masked) positions of its 128-token padded inputs, where x = 0 but
+  encode(0) need not be 0; each adds -f(0)[S] @ W_dec[S] before dividing by the ordinary-token count. Mode
+  "saebench" reproduces that (``padding_quirk``), mode "validation" pools ordinary tokens only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from saeval.assets import cache_dir
+from saeval.data.activations import check_finite
+from saeval.errors import SaevalError
+from saeval.evals.probes import LinearProbe, ProbeConfig, ProbeFit, derive_seed, train_probe
+from saeval.progress import track
+
+CACHE_VERSION = 1
+
+
+# ------------------------------------------------------------------------------------------ activations
+def model_fingerprint(host) -> str:
+    """Cheap identity of the weights (a strided sample of every parameter), so that two random hosts that
+    share a name never share cached activations."""
+    h = hashlib.sha1(f"{host.name}|{host.n_layers}|{host.d_model}".encode())
+    for param in host.model.parameters():
+        flat = param.detach().reshape(-1)
+        h.update(flat[:: max(1, flat.numel() // 64)].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def tokenize_examples(host, texts: list[str], ctx_len: int) -> list[list[int]]:
+    ids = host.tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [[host.bos_id, *row[: ctx_len - 1]] for row in ids]
+
+
+class ExampleActivations:
+    """Ordinary-token activations of each example at one hook, on disk: flat [T, D] shards over contiguous
+    example ranges, plus offsets, token ids, masked-position counts and mean-pooled activations."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        meta = json.loads((folder / "meta.json").read_text())
+        index = load_file(str(folder / "index.safetensors"))
+        self.key: str = meta["key"]
+        self.ctx_len: int = meta["ctx_len"]
+        self.d_model: int = meta["d_model"]
+        self.meta = meta
+        self.offsets = index["offsets"]  # [E + 1] into the flat token axis
+        self.tokens_T = index["tokens"]  # ordinary token ids, aligned with the activations
+        self.n_masked_E = index["n_masked"]  # ctx_len - ordinary tokens: SAEBench's zeroed positions
+        self.xbar_ED = index["xbar"]
+        self.shards: list[tuple[Path, int, int]] = [(folder / s[0], s[1], s[2]) for s in meta["shards"]]
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def n_ord_E(self) -> Tensor:
+        return self.offsets[1:] - self.offsets[:-1]
+
+    @classmethod
+    def build(cls, host, hook: str, texts: list[str], ctx_len: int, batch_size: int = 16,
+              shard_tokens: int = 65536, label: str = "") -> ExampleActivations:
+        """Run the model once over the texts (cached on disk by model weights, hook, ctx_len and texts)."""
+        if ctx_len < 2:
+            raise SaevalError(f"ctx_len {ctx_len} leaves no room after BOS; use at least 2")
+        host.hook(hook)
+        text_hash = hashlib.sha1("\x00".join(texts).encode()).hexdigest()
+        blob = f"{CACHE_VERSION}|{model_fingerprint(host)}|{hook}|{ctx_len}|{text_hash}"
+        key = hashlib.sha1(blob.encode()).hexdigest()[:20]
+        folder = cache_dir() / "erasure" / "acts" / key
+        if (folder / "meta.json").exists():
+            return cls(folder)
+        ids = tokenize_examples(host, texts, ctx_len)
+        writer = _Writer(folder, ctx_len, label or "the dataset")
+        ranges, start, n_tok = [], 0, 0
+        for e, row in enumerate(ids):
+            n_tok += len(row)
+            if n_tok >= shard_tokens or e == len(ids) - 1:
+                ranges.append((start, e + 1))
+                start, n_tok = e + 1, 0
+        # Within a shard, batch examples of similar length so that little compute goes to padding.
+        batches = []
+        for lo, hi in ranges:
+            order = sorted(range(lo, hi), key=lambda i: len(ids[i]))
+            batches += [(hi, order[b : b + batch_size]) for b in range(0, hi - lo, batch_size)]
+        done: dict[int, tuple[Tensor, Tensor]] = {}
+        for hi, chunk in track(batches, f"activations {label or 'examples'} at {hook}"):
+            for e, acts_LD, tok_L in _forward(host, hook, [ids[i] for i in chunk], chunk):
+                done[e] = (acts_LD, tok_L)
+            if all(e in done for e in range(writer.n_written, hi)):
+                writer.shard([done.pop(e) for e in range(writer.n_written, hi)])
+        meta = {"key": key, "model": host.name, "hook": hook, "d_model": host.d_model}
+        return cls(writer.finish(meta))
+
+    @classmethod
+    def from_examples(cls, folder: Path, examples: list[tuple[Tensor, Tensor]], ctx_len: int,
+                      shard_examples: int = 1 << 30, key: str = "synthetic") -> ExampleActivations:
+        """From given per-example (acts_LD, tokens_L) of ordinary tokens (tests, precomputed activations)."""
+        writer = _Writer(folder, ctx_len, key)
+        for start in range(0, len(examples), shard_examples):
+            writer.shard(examples[start : start + shard_examples])
+        return cls(writer.finish({"key": key, "d_model": int(examples[0][0].shape[1])}))
+
+    def iter_examples(self, ids: np.ndarray, max_tokens: int) -> Iterator[tuple[np.ndarray, Tensor, Tensor]]:
+        """Chunks of the given examples: (chunk_ids, acts_TD of their ordinary tokens, seg_T = position of
+        each token's example in chunk_ids), at most ``max_tokens`` tokens each (or one example)."""
+        wanted = np.zeros(len(self), dtype=bool)
+        wanted[np.asarray(ids, dtype=np.int64)] = True
+        for path, lo, hi in self.shards:
+            members = np.flatnonzero(wanted[lo:hi]) + lo
+            if len(members) == 0:
+                continue
+            try:
+                acts = load_file(str(path))["acts"]
+            except Exception as err:  # safetensors raises several types on a damaged file
+                raise SaevalError(f"activation cache {path} is corrupt: delete {self.folder} and rerun") from err
+            base = int(self.offsets[lo])
+            chunk: list[int] = []
+            n_tok = 0
+            for e in [*members.tolist(), None]:
+                n = 0 if e is None else int(self.offsets[e + 1] - self.offsets[e])
+                if chunk and (e is None or n_tok + n > max_tokens):
+                    pieces = [acts[int(self.offsets[c]) - base : int(self.offsets[c + 1]) - base] for c in chunk]
+                    seg = torch.repeat_interleave(torch.arange(len(chunk)), torch.tensor([len(p) for p in pieces]))
+                    yield np.asarray(chunk), torch.cat(pieces), seg
+                    chunk, n_tok = [], 0
+                if e is not None:
+                    chunk.append(e)
+                    n_tok += n
+
+    def tokens_of(self, e: int) -> Tensor:
+        return self.tokens_T[int(self.offsets[e]) : int(self.offsets[e + 1])]
+
+    def acts_of(self, e: int) -> Tensor:
+        return next(self.iter_examples(np.array([e]), 1 << 62))[1]
+
+
+class _Writer:
+    """Writes shards of consecutive examples, then the index; the folder appears atomically when done."""
+
+    def __init__(self, folder: Path, ctx_len: int, label: str):
+        self.folder, self.ctx_len, self.label = folder, ctx_len, label
+        self.tmp = folder.with_name(folder.name + ".partial")
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.shards: list[tuple[str, int, int]] = []
+        self.offsets, self.tokens, self.n_masked, self.xbars = [0], [], [], []
+
+    @property
+    def n_written(self) -> int:
+        return len(self.offsets) - 1
+
+    def shard(self, parts: list[tuple[Tensor, Tensor]]) -> None:
+        lo = self.n_written
+        for acts_LD, tok_L in parts:
+            if len(tok_L) == 0:
+                raise SaevalError(f"an example of {self.label} has no ordinary token; drop empty texts")
+            if len(tok_L) != len(acts_LD) or len(tok_L) >= self.ctx_len:
+                raise SaevalError(f"an example of {self.label} has {len(tok_L)} tokens for ctx_len {self.ctx_len}")
+            self.offsets.append(self.offsets[-1] + len(tok_L))
+            self.tokens.append(tok_L.int())
+            self.n_masked.append(self.ctx_len - len(tok_L))
+            self.xbars.append(acts_LD.double().mean(0).float())
+        name = f"shard_{len(self.shards):04d}.safetensors"
+        save_file({"acts": torch.cat([p[0].float() for p in parts]).contiguous()}, str(self.tmp / name))
+        self.shards.append((name, lo, self.n_written))
+
+    def finish(self, meta: dict) -> Path:
+        save_file({"offsets": torch.tensor(self.offsets, dtype=torch.long), "tokens": torch.cat(self.tokens),
+                   "n_masked": torch.tensor(self.n_masked, dtype=torch.long), "xbar": torch.stack(self.xbars)},
+                  str(self.tmp / "index.safetensors"))
+        meta = {**meta, "ctx_len": self.ctx_len, "n_examples": self.n_written, "n_tokens": self.offsets[-1],
+                "label": self.label, "shards": self.shards}
+        (self.tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        if self.folder.exists():  # a concurrent run finished first: keep its copy
+            return self.folder
+        self.tmp.replace(self.folder)
+        return self.folder
+
+
+def _forward(host, hook: str, rows: list[list[int]], ids: list[int]):
+    width = max(map(len, rows))
+    tokens = torch.full((len(rows), width), host.pad_id, dtype=torch.long)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        tokens[i, : len(row)] = torch.tensor(row)
+        attn[i, : len(row)] = 1
+    # Right padding: causal attention keeps pads from touching the real tokens before them.
+    acts = host.capture(tokens, [hook], attention_mask_BL=attn)[hook].float().cpu()
+    check_finite(acts, f"{host.name} {hook}")
+    mask = host.ordinary_mask(tokens, attn)
+    for i, e in enumerate(ids):
+        yield e, acts[i][mask[i]], tokens[i][mask[i]]
+
+
+# ------------------------------------------------------------------------------------------------ probes
+class ProbeSpec(BaseModel):
+    """One binary probe: positives are label 1. ``sel_*`` is the epoch-selection set."""
+
+    name: str
+    train_pos: list[int]
+    train_neg: list[int]
+    sel_pos: list[int]
+    sel_neg: list[int]
+
+
+def xy(acts: ExampleActivations, pos: list[int] | np.ndarray, neg: list[int] | np.ndarray) -> tuple[Tensor, Tensor]:
+    idx = torch.as_tensor(np.concatenate([np.asarray(pos, dtype=np.int64), np.asarray(neg, dtype=np.int64)]))
+    y = torch.cat([torch.ones(len(pos), dtype=torch.long), torch.zeros(len(neg), dtype=torch.long)])
+    return acts.xbar_ED[idx], y
+
+
+def fit_probes(acts: ExampleActivations, specs: list[ProbeSpec], config: ProbeConfig, seed: int,
+               ) -> dict[str, tuple[LinearProbe, ProbeFit]]:
+    """Train (or load from the disk cache) one probe per spec."""
+    blob = json.dumps([acts.key, config.model_dump(), seed, [s.model_dump() for s in specs]], sort_keys=True)
+    path = cache_dir() / "erasure" / "probes" / f"{hashlib.sha1(blob.encode()).hexdigest()[:20]}"
+    if path.with_suffix(".json").exists() and path.with_suffix(".safetensors").exists():
+        weights = load_file(str(path.with_suffix(".safetensors")))
+        fits = json.loads(path.with_suffix(".json").read_text())
+        return {s.name: (LinearProbe(weights[f"{s.name}.w"], float(weights[f"{s.name}.b"])),
+                         ProbeFit(**fits[s.name])) for s in specs}
+    out = {}
+    for spec in specs:
+        x, y = xy(acts, spec.train_pos, spec.train_neg)
+        x_sel, y_sel = xy(acts, spec.sel_pos, spec.sel_neg)
+        out[spec.name] = train_probe(x, y, x_sel, y_sel, config, seed=derive_seed(seed, spec.name))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({f: t for n, (p, _) in out.items() for f, t in ((f"{n}.w", p.w_D.contiguous()),
+                                                             (f"{n}.b", torch.tensor([p.b])))},
+              str(path.with_suffix(".safetensors")))
+    path.with_suffix(".json").write_text(json.dumps({n: fit.model_dump() for n, (_, fit) in out.items()}))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ SAE
+def decoder_rows(sae) -> Tensor:
+    """Rows r_f with decode(f) - decode(f') = (f - f') @ r: W_dec / act_scale for saeval SAEs. Checked on a
+    random sparse code, because ablating latents by this shortcut is only right for a linear decoder."""
+    rows = (sae.W_dec.detach().float() / float(getattr(sae.cfg, "act_scale", 1.0) or 1.0))
+    gen = torch.Generator().manual_seed(0)
+    f = torch.rand(2, sae.d_sae, generator=gen) * (torch.rand(2, sae.d_sae, generator=gen) < 0.01)
+    f = f.to(rows.device)
+    with torch.no_grad():
+        got = (sae.decode(f[:1]) - sae.decode(f[1:])).float()
+    want = (f[:1] - f[1:]) @ rows
+    if not torch.allclose(got, want, rtol=1e-3, atol=1e-3 * float(want.abs().max().clamp_min(1))):
+        raise SaevalError(f"SAE {sae.name} has a decoder that is not f @ W_dec / act_scale + b; "
+                          "latent ablation needs a linear decoder")
+    return rows
+
+
+@dataclass
+class SAEPass:
+    means_SF: Tensor | None  # per example set: the mean over its examples of mean-pooled latent activations
+    fbar_EK: Tensor | None  # mean-pooled activations of the kept latents, rows in the order of ``ids``
+    top_vals_MF: Tensor | None  # per latent: the M largest per-example max activations
+    top_ids_MF: Tensor | None  # ... and which examples
+
+
+@torch.inference_mode()
+def sae_pass(sae, acts: ExampleActivations, ids: np.ndarray, sets: list[np.ndarray] | None = None,
+             keep: Tensor | None = None, top_m: int = 0, max_tokens: int | None = None) -> SAEPass:
+    """Encode the ordinary tokens of ``ids`` once and reduce them as asked (see SAEPass)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    F_ = sae.d_sae
+    device = sae.W_dec.device
+    pos = np.full(len(acts), -1, dtype=np.int64)
+    pos[ids] = np.arange(len(ids))
+    weights_SE = None
+    if sets:
+        weights_SE = torch.zeros(len(sets), len(ids), dtype=torch.float64)
+        for s, members in enumerate(sets):
+            if len(members) == 0:
+                raise SaevalError("an attribution example set is empty; use more examples")
+            rows = pos[np.asarray(members, dtype=np.int64)]
+            if (rows < 0).any():
+                raise SaevalError("attribution sets must be drawn from the encoded examples")
+            weights_SE[s].index_add_(0, torch.as_tensor(rows), torch.full((len(rows),), 1.0 / len(rows),
+                                                                           dtype=torch.float64))
+    means = torch.zeros(len(sets), F_, dtype=torch.float64) if sets else None
+    fbar = torch.zeros(len(ids), len(keep)) if keep is not None else None
+    top_vals = torch.zeros(0, F_) if top_m else None
+    top_ids = torch.zeros(0, F_, dtype=torch.long) if top_m else None
+    budget = max_tokens or max(64, (1 << 24) // F_)
+    n_ord = acts.n_ord_E
+    for chunk, acts_TD, seg_T in acts.iter_examples(ids, budget):
+        f_TF = sae.encode(acts_TD.to(device)).float().cpu()
+        fbar_CF = torch.zeros(len(chunk), F_).index_add_(0, seg_T, f_TF) / n_ord[chunk][:, None]
+        rows = torch.as_tensor(pos[chunk])
+        if means is not None and weights_SE is not None:
+            means += weights_SE[:, rows] @ fbar_CF.double()
+        if fbar is not None and keep is not None:
+            fbar[rows] = fbar_CF[:, keep]
+        if top_vals is not None and top_ids is not None:
+            fmax_CF = torch.zeros(len(chunk), F_).scatter_reduce_(0, seg_T[:, None].expand_as(f_TF), f_TF, "amax")
+            vals = torch.cat([top_vals, fmax_CF])
+            which = torch.cat([top_ids, torch.as_tensor(chunk)[:, None].expand(-1, F_)])
+            k = min(top_m, len(vals))
+            top_vals, order = vals.topk(k, dim=0)
+            top_ids = which.gather(0, order)
+    return SAEPass(means.float() if means is not None else None, fbar, top_vals, top_ids)
+
+
+def zero_code(sae) -> Tensor:
+    """encode(0): the latents SAEBench's zeroed (masked) positions still carry."""
+    with torch.no_grad():
+        return sae.encode(torch.zeros(1, sae.d_in, device=sae.W_dec.device)).float().cpu()[0]
+
+
+# ----------------------------------------------------------------------------------------- attribution
+def attribution(mean_pos_F: Tensor, mean_neg_F: Tensor, dot_F: Tensor, kind: str) -> Tensor:
+    """SAEBench node effects: TPP clamps the mean difference at 0 (latents of the positive class only) and
+    keeps the sign of the product; SCR takes the absolute value."""
+    diff = (mean_pos_F - mean_neg_F).float()
+    if kind == "tpp":
+        diff = diff.clamp(min=0.0)
+    effects = diff * dot_F.float()
+    return effects.abs() if kind == "scr" else effects
+
+
+def top_n(effects_F: Tensor, n: int) -> Tensor:
+    """The n largest effects among the non-zero ones (fewer when fewer are non-zero), largest first; ties
+    broken by the lower latent index."""
+    if n > len(effects_F):
+        raise SaevalError(f"N={n} is larger than the SAE's {len(effects_F)} latents; lower n_values")
+    k = min(n, int((effects_F != 0).sum()))
+    order = np.argsort(-effects_F.double().numpy(), kind="stable")
+    return torch.as_tensor(order[:k].copy(), dtype=torch.long)
+
+
+@dataclass
+class AblationView:
+    """What ablating any subset of ``keep`` latents needs, for the examples of pass 2."""
+
+    ids: np.ndarray  # example ids (rows of fbar_EK)
+    keep: Tensor  # latent ids (columns of fbar_EK)
+    fbar_EK: Tensor
+    quirk_E: Tensor | None  # n_masked / n_ord per row when SAEBench's padding quirk is on
+    f0_K: Tensor  # encode(0) on the kept latents
+    rows_KD: Tensor  # decoder rows of the kept latents
+
+    def column(self, latents: Tensor) -> Tensor:
+        lookup = {int(f): i for i, f in enumerate(self.keep)}
+        return torch.tensor([lookup[int(f)] for f in latents], dtype=torch.long)
+
+    def logits(self, probe: LinearProbe, xbar_ED: Tensor, rows: np.ndarray, latents: Tensor) -> Tensor:
+        """Probe logits on mean-pooled activations after zero-ablating ``latents`` (SAE error kept)."""
+        where = np.searchsorted(self.ids, rows)
+        if len(rows) and (where.max() >= len(self.ids) or (self.ids[where] != rows).any()):
+            raise SaevalError("probe rows outside the encoded test examples (internal error)")
+        clean = xbar_ED[torch.as_tensor(rows)].double() @ probe.w_D.double() + probe.b
+        if len(latents) == 0:
+            return clean
+        cols = self.column(latents)
+        dot_S = self.rows_KD[cols].double() @ probe.w_D.double()
+        shift = self.fbar_EK[torch.as_tensor(where)][:, cols].double() @ dot_S
+        if self.quirk_E is not None:
+            shift = shift + self.quirk_E[torch.as_tensor(where)].double() * float(self.f0_K[cols].double() @ dot_S)
+        return clean - shift
+
+
+def ablation_view(sae, acts: ExampleActivations, ids: np.ndarray, keep: Tensor, padding_quirk: bool,
+                  max_tokens: int | None = None) -> AblationView:
+    ids = np.unique(np.asarray(ids, dtype=np.int64))
+    keep = torch.unique(keep) if len(keep) else torch.zeros(0, dtype=torch.long)
+    encoded = sae_pass(sae, acts, ids, keep=keep, max_tokens=max_tokens)
+    assert encoded.fbar_EK is not None
+    rows = decoder_rows(sae)[keep.to(sae.W_dec.device)].cpu()
+    quirk = (acts.n_masked_E[ids].double() / acts.n_ord_E[ids].double()) if padding_quirk else None
+    return AblationView(ids, keep, encoded.fbar_EK, quirk, zero_code(sae)[keep], rows)
+
+
+def accuracy_of(logits_N: Tensor, n_pos: int) -> float:
+    """Accuracy when the first ``n_pos`` rows are positives and the rest negatives (logit > 0 = positive)."""
+    y = torch.zeros(len(logits_N), dtype=torch.bool)
+    y[:n_pos] = True
+    return float(((logits_N > 0) == y).double().mean())
+
+
+def cached_activations(ctx, task, ctx_len: int, batch_size: int) -> ExampleActivations:
+    """The task's activations at the context's hook: built once per run (memo) and once ever (disk)."""
+    key = ("erasure-acts", ctx.hook, task.name, len(task.texts), hash(tuple(task.texts)), ctx_len)
+    if key not in ctx.memo:
+        ctx.memo[key] = ExampleActivations.build(ctx.host, ctx.hook, task.texts, ctx_len, batch_size,
+                                                 label=task.name)
+    return ctx.memo[key]
+
+
+def seed_summary(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one seed) over seeds."""
+    arr = np.asarray(values, dtype=np.float64)
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
+def score_vs_n(records: list[dict], key: str, title: str, extra: list[tuple[str, str, str]] = ()) -> str:
+    """Report section: one line per SAE of metrics[key.format(n=N)] over the config's n_values (log x), error
+    bars from ``..._std`` when several seeds ran, dashed companions from ``extra`` (key, label, dash)."""
+    import html
+
+    import plotly.graph_objects as go
+
+    from saeval.report.html import figure_html
+
+    fig = go.Figure()
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f"]
+    notes = []
+    for i, rec in enumerate(records):
+        color = palette[i % len(palette)]
+        n_values = rec["config"].get("n_values", [])
+        metrics = rec["metrics"]
+        name = rec["sae"]["name"]
+        for template, label, dash in [(key, "", "solid"), *extra]:
+            ys = [metrics.get(template.format(n=n)) for n in n_values]
+            std = [metrics.get(template.format(n=n) + "_std") for n in n_values]
+            errors = dict(type="data", array=std, visible=True) if dash == "solid" and any(
+                v is not None for v in std) else None
+            fig.add_trace(go.Scatter(x=n_values, y=ys, mode="lines+markers", error_y=errors,
+                                     name=f"{name} {label}".strip(), line=dict(color=color, dash=dash)))
+        mode = rec.get("details", {}).get("mode", "?")
+        notes.append(f"{html.escape(name)}: mode {html.escape(str(mode))}, seeds {rec['config'].get('seeds')}")
+    fig.update_layout(title=title, xaxis_title="N latents ablated", yaxis_title="score")
+    fig.update_xaxes(type="log")
+    return figure_html(fig) + "<p class='note'>" + "; ".join(notes) + "</p>"

@@ -1,0 +1,288 @@
+"""Targeted Probe Perturbation (Karvonen et al. 2024, SAEBench scr_and_tpp with perform_scr=False).
+
+One-vs-rest probes per class on mean-pooled activations; for class i, zero-ablate the top-N latents by
+attribution to probe i (SAE error kept) and measure every probe's accuracy drop:
+S_TPP = mean_i [A_i - A_i^(abl i)] - mean_i mean_{j != i} [A_j - A_j^(abl i)]
+(``tpp_threshold_N_total_metric`` = intended - unintended), averaged over datasets, then over seeds.
+
+Mode "saebench" keeps SAEBench's quirks: probe epoch chosen on the test set, negatives redrawn for every
+evaluation, padded positions entering the ablated mean. Mode "validation" selects on a held-out part of the
+training data, draws each class's test negatives once, and pools ordinary tokens only.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor
+
+from saeval.data.labeled import AMAZON, BIAS_IN_BIOS, ErasureTask, load_labeled, tpp_task
+from saeval.errors import SaevalError
+from saeval.evals.base import EvalConfig, EvalContext, EvalSpec, register_eval
+from saeval.evals.erasure import (
+    ExampleActivations,
+    ProbeSpec,
+    ablation_view,
+    accuracy_of,
+    attribution,
+    cached_activations,
+    decoder_rows,
+    fit_probes,
+    sae_pass,
+    score_vs_n,
+    seed_summary,
+    top_n,
+)
+from saeval.evals.probes import LinearProbe, ProbeConfig, generator, one_vs_rest_negatives
+from saeval.results import EvalResult, SAEInfo
+
+Mode = Literal["saebench", "validation"]
+
+
+class TPPConfig(EvalConfig):
+    datasets: list[str] = [BIAS_IN_BIOS, AMAZON]
+    train_set_size: int = 4000
+    test_set_size: int = 1000
+    ctx_len: int = 128
+    n_values: list[int] = [2, 5, 10, 20, 50, 100, 500]
+    mode: Mode = "saebench"
+    validation_fraction: float = 0.2
+    seeds: list[int] = [42]  # probe init, minibatch order, negative draws; several seeds -> seed std
+    data_seed: int = 42  # which rows are sampled (SAEBench's random_seed)
+    probe: ProbeConfig = ProbeConfig()
+    llm_batch_size: int = 16
+    top_latents_recorded: int = 20
+
+
+class TPPMetrics(BaseModel):
+    """SAEBench keys tpp_threshold_{N}_{total_metric, intended_diff_only, unintended_diff_only}; with several
+    seeds also ``..._std`` (sample std over seeds)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class TPPDetails(BaseModel):
+    mode: Mode
+    quirks: dict[str, Any]
+    datasets: dict[str, Any]
+    per_seed: dict[str, dict[str, float]]
+    setup_seconds: float
+    sae_seconds: float
+
+
+class TPPResult(EvalResult[TPPConfig, TPPMetrics, TPPDetails]):
+    pass
+
+
+def quirks(mode: str) -> dict[str, Any]:
+    saebench = mode == "saebench"
+    return {"probe_epoch_selected_on": "test" if saebench else "validation",
+            "tpp_negatives": "redrawn per evaluation" if saebench else "drawn once per class",
+            "padding_quirk": saebench}
+
+
+def split_validation(ids: np.ndarray, fraction: float, gen: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, validation) parts of ``ids``, a random ``fraction`` (at least one) held out."""
+    order = ids[torch.randperm(len(ids), generator=gen).numpy()]
+    n_val = max(1, int(round(len(ids) * fraction)))
+    if n_val >= len(ids):
+        raise SaevalError(f"validation_fraction {fraction} leaves no training examples; lower it")
+    return order[n_val:], order[:n_val]
+
+
+class TPPDraws:
+    """Every random example set of one seed, drawn up front so each evaluation is reproducible."""
+
+    def __init__(self, task: ErasureTask, seed: int, mode: str, fraction: float):
+        self.task, self.seed, self.mode = task, seed, mode
+        self.train = {c: np.asarray(v) for c, v in task.train.items()}
+        self.test = {c: np.asarray(v) for c, v in task.test.items()}
+        self.specs: list[ProbeSpec] = []
+        self.attr: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.clean: dict[str, np.ndarray] = {}
+        for c in self.train:
+            neg = self._neg(self.train, c, "train")
+            if mode == "saebench":
+                sel_pos, sel_neg = self.test[c], self._neg(self.test, c, "select")
+                fit_pos, fit_neg = self.train[c], neg
+                self.attr[c] = (self.train[c], self._neg(self.train, c, "attribution"))
+                self.clean[c] = self._neg(self.test, c, "clean")
+            else:
+                fit_pos, sel_pos = split_validation(self.train[c], fraction, generator("tpp", seed, c, "val+"))
+                fit_neg, sel_neg = split_validation(neg, fraction, generator("tpp", seed, c, "val-"))
+                self.attr[c] = (self.train[c], neg)
+                self.clean[c] = self._neg(self.test, c, "test")
+            self.specs.append(ProbeSpec(name=c, train_pos=fit_pos.tolist(), train_neg=fit_neg.tolist(),
+                                        sel_pos=sel_pos.tolist(), sel_neg=sel_neg.tolist()))
+
+    def _neg(self, split: dict[str, np.ndarray], c: str, purpose: str, *extra: object) -> np.ndarray:
+        others = [split[o] for o in split if o != c]
+        return one_vs_rest_negatives(len(split[c]), others, generator("tpp", self.seed, c, purpose, *extra))
+
+    def ablation_negatives(self, ablated: str, n: int, measured: str) -> np.ndarray:
+        if self.mode == "saebench":  # SAEBench's prepare_probe_data draws anew on every call
+            return self._neg(self.test, measured, "ablation", ablated, n)
+        return self.clean[measured]
+
+
+def tpp_metrics(clean: dict[str, float], ablated: dict[tuple[str, int, str], float], classes: list[str],
+                n_values: list[int]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """SAEBench create_tpp_plotting_dict: per class and averaged over classes."""
+    per_class: dict[str, dict[str, float]] = {}
+    for i in classes:
+        row = {}
+        for n in n_values:
+            intended = clean[i] - ablated[(i, n, i)]
+            unintended = float(np.mean([clean[j] - ablated[(i, n, j)] for j in classes if j != i]))
+            row[f"tpp_threshold_{n}_total_metric"] = intended - unintended
+            row[f"tpp_threshold_{n}_intended_diff_only"] = intended
+            row[f"tpp_threshold_{n}_unintended_diff_only"] = unintended
+        per_class[i] = row
+    keys = next(iter(per_class.values())).keys()
+    return {k: float(np.mean([per_class[c][k] for c in classes])) for k in keys}, per_class
+
+
+def prepare(ctx: EvalContext, dataset: str, config: TPPConfig):
+    key = ("tpp-task", dataset, config.train_set_size, config.test_set_size, config.data_seed)
+    if key not in ctx.memo:
+        ctx.memo[key] = tpp_task(load_labeled(dataset, config.data_seed), config.train_set_size,
+                                 config.test_set_size, config.data_seed)
+    task = ctx.memo[key]
+    return task, cached_activations(ctx, task, config.ctx_len, config.llm_batch_size)
+
+
+def run_dataset(ctx: EvalContext, sae, dataset: str, config: TPPConfig) -> tuple[dict, dict, float]:
+    start = time.time()
+    task, acts = prepare(ctx, dataset, config)
+    draws = {s: TPPDraws(task, s, config.mode, config.validation_fraction) for s in config.seeds}
+    fits = {s: fit_probes(acts, draws[s].specs, config.probe, s) for s in config.seeds}
+    probes = {s: {c: probe for c, (probe, _) in fits[s].items()} for s in config.seeds}
+    setup = time.time() - start
+    per_seed, detail = tpp_scores(sae, task, acts, draws, probes, config)
+    s0 = config.seeds[0]
+    detail.update({
+        "task": task.info, "n_examples": len(task.texts), "n_tokens": int(acts.n_ord_E.sum()),
+        "activation_cache": acts.key,
+        "probe_fits": {str(s): {task.labels[c]: fits[s][c][1].model_dump() for c in task.train} for s in fits},
+    })
+    detail["per_class"] = detail.pop("per_class_by_seed")[s0]
+    return per_seed, detail, setup
+
+
+def tpp_scores(sae, task: ErasureTask, acts: ExampleActivations, draws: dict[int, TPPDraws],
+               probes: dict[int, dict[str, LinearProbe]], config: TPPConfig) -> tuple[dict, dict]:
+    """Per-seed TPP metrics of one SAE given the activations, the seeds' example draws and probes."""
+    classes = list(task.train)
+    seeds = list(draws)
+    rows_FD = decoder_rows(sae).cpu()
+    train_ids = np.unique(np.concatenate(list(draws[seeds[0]].train.values())))
+    sets = [part for s in seeds for c in classes for part in draws[s].attr[c]]
+    means = sae_pass(sae, acts, train_ids, sets=sets).means_SF
+    assert means is not None
+    n_max = max(config.n_values)
+    selected: dict[tuple[int, str], Tensor] = {}
+    effects_top: dict[tuple[int, str], list] = {}
+    for k, (s, c) in enumerate((s, c) for s in seeds for c in classes):
+        effects = attribution(means[2 * k], means[2 * k + 1], rows_FD @ probes[s][c].w_D, "tpp")
+        selected[(s, c)] = top_n(effects, n_max)
+        effects_top[(s, c)] = [[int(f), float(effects[f])] for f in selected[(s, c)][: config.top_latents_recorded]]
+    test_ids = np.unique(np.concatenate(list(draws[seeds[0]].test.values())))
+    keep = torch.cat(list(selected.values()))
+    view = ablation_view(sae, acts, test_ids, keep, padding_quirk=config.mode == "saebench")
+
+    per_seed, clean_accs, per_class = {}, {}, {}
+    for s in seeds:
+        d = draws[s]
+
+        def acc(j: str, negatives: np.ndarray, latents: Tensor, s: int = s, d: TPPDraws = d) -> float:
+            rows = np.concatenate([d.test[j], negatives])
+            return accuracy_of(view.logits(probes[s][j], acts.xbar_ED, rows, latents), len(d.test[j]))
+
+        clean = {j: acc(j, d.clean[j], torch.zeros(0, dtype=torch.long)) for j in classes}
+        ablated = {(i, n, j): acc(j, d.ablation_negatives(i, n, j), selected[(s, i)][:n])
+                   for i in classes for n in config.n_values for j in classes}
+        per_seed[s], per_class[s] = tpp_metrics(clean, ablated, classes, config.n_values)
+        clean_accs[s] = clean
+    s0 = seeds[0]
+    detail = {
+        "clean_accuracy": {str(s): {task.labels[j]: v for j, v in clean_accs[s].items()} for s in seeds},
+        "per_class_by_seed": {s: {task.labels[c]: v for c, v in per_class[s].items()} for s in seeds},
+        "top_latents": {task.labels[c]: effects_top[(s0, c)] for c in classes},
+        "n_nonzero_effects": {task.labels[c]: len(selected[(s0, c)]) for c in classes},
+    }
+    return per_seed, detail
+
+
+def summarize(per_dataset_seed: dict[str, dict[int, dict[str, float]]], seeds: list[int]):
+    """SAEBench averages each key over datasets; then mean (and std) over seeds."""
+    per_seed: dict[str, dict[str, float]] = {}
+    for s in seeds:
+        keys = {k for runs in per_dataset_seed.values() for k in runs[s]}
+        per_seed[str(s)] = {k: float(np.mean([runs[s][k] for runs in per_dataset_seed.values() if k in runs[s]]))
+                            for k in sorted(keys)}
+    metrics: dict[str, float | None] = {}
+    for k in sorted({k for row in per_seed.values() for k in row}):
+        values = [per_seed[str(s)][k] for s in seeds if per_seed[str(s)].get(k) is not None]
+        if not values:
+            metrics[k] = None
+            continue
+        mean, std = seed_summary(values)
+        metrics[k] = mean
+        if len(seeds) > 1:
+            metrics[f"{k}_std"] = std
+    return metrics, per_seed
+
+
+def check_config(config: TPPConfig, sae) -> None:
+    if not config.seeds:
+        raise SaevalError("seeds is empty; give at least one seed")
+    if not config.datasets:
+        raise SaevalError("datasets is empty; give at least one labeled dataset")
+    if any(n < 1 or n > sae.d_sae for n in config.n_values):
+        raise SaevalError(f"n_values {config.n_values} must lie in 1..{sae.d_sae} (the SAE's latents)")
+    if not 0 < config.validation_fraction < 1:
+        raise SaevalError(f"validation_fraction {config.validation_fraction} must lie strictly between 0 and 1")
+
+
+@torch.inference_mode()
+def run(ctx: EvalContext, sae, config: TPPConfig) -> TPPResult:
+    check_config(config, sae)
+    sae = sae.to(ctx.host.device)
+    start = time.time()
+    results, details, setup = {}, {}, 0.0
+    for dataset in config.datasets:
+        results[dataset], details[dataset], seconds = run_dataset(ctx, sae, dataset, config)
+        setup += seconds
+    metrics, per_seed = summarize(results, config.seeds)
+    return TPPResult(
+        eval="tpp", sae=SAEInfo.of(sae), model=ctx.host.name, preset=ctx.preset, config=config,
+        metrics=TPPMetrics(**metrics),
+        details=TPPDetails(mode=config.mode, quirks=quirks(config.mode), datasets=details, per_seed=per_seed,
+                           setup_seconds=round(setup, 2), sae_seconds=round(time.time() - start - setup, 2)),
+    )
+
+
+def report(records: list[dict[str, Any]]) -> str:
+    return score_vs_n(records, "tpp_threshold_{n}_total_metric", "TPP total (intended - unintended) vs N",
+                      extra=[("tpp_threshold_{n}_intended_diff_only", "intended", "dash"),
+                             ("tpp_threshold_{n}_unintended_diff_only", "unintended", "dot")])
+
+
+SPEC = register_eval(EvalSpec(
+    name="tpp",
+    config_cls=TPPConfig,
+    run=run,
+    description="Targeted Probe Perturbation: ablate each class's top-N latents, intended minus unintended "
+                "probe accuracy drop (SAEBench)",
+    presets={
+        "demo": {"datasets": ["wordnet"], "train_set_size": 400, "test_set_size": 160, "ctx_len": 32,
+                 "n_values": [2, 5, 10, 20, 50, 100, 500]},
+        "tiny": {"datasets": ["wordnet"], "train_set_size": 40, "test_set_size": 20, "ctx_len": 16,
+                 "n_values": [2, 5, 10], "probe": {"epochs": 3}},
+    },
+    report=report,
+))

@@ -1,0 +1,349 @@
+"""TPP / SCR: agreement with an independent NumPy re-implementation of SAEBench's procedure on the same
+activations, probes and example draws; planted latents found and erased; eval runs, caching, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from saeval.data.labeled import ErasureTask
+from saeval.errors import SaevalError
+from saeval.evals import erasure, scr, shift, tpp
+from saeval.evals.base import EvalContext, run_evals
+from saeval.evals.erasure import ExampleActivations, attribution, top_n
+from saeval.evals.probes import LinearProbe, ProbeConfig, train_probe
+from saeval.saes.base import SAEConfig, create_sae
+
+D, CTX = 16, 12
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(erasure, "cache_dir", lambda: tmp_path / "cache")
+
+
+def random_topk_sae(d_sae: int = 48, k: int = 4, seed: int = 0, d_in: int = D):
+    torch.manual_seed(seed)
+    sae = create_sae(SAEConfig(architecture="topk", d_in=d_in, d_sae=d_sae, k=k, name=f"topk-{seed}"))
+    with torch.no_grad():
+        sae.W_enc.normal_(0, 0.5)
+        sae.W_dec.normal_(0, 0.3)
+        sae.b_dec.normal_(0, 0.5)  # so that encode(0) is not 0 and SAEBench's padding quirk matters
+        sae.b_enc.normal_(0, 0.3)
+    return sae
+
+
+def synthetic_examples(labels: list[np.ndarray], seed: int):
+    """Per example: ordinary-token activations = the sum of its attributes' directions + noise."""
+    rng = np.random.default_rng(seed)
+    dirs = rng.normal(size=(32, D))
+    examples = []
+    for attrs in zip(*labels, strict=True):
+        n = int(rng.integers(2, CTX - 1))
+        mean = sum(dirs[10 * a + v] for a, v in enumerate(attrs))
+        acts = mean + rng.normal(scale=1.5, size=(n, D))
+        examples.append((torch.tensor(acts, dtype=torch.float32), torch.arange(n)))
+    return examples
+
+
+# ------------------------------------------------------------------------ the NumPy reference (SAEBench)
+def np_encode(sae, x):
+    W_enc, b_enc, b_dec = (t.detach().double().numpy() for t in (sae.W_enc, sae.b_enc, sae.b_dec))
+    pre = np.maximum((x - b_dec) @ W_enc + b_enc, 0)
+    k = sae.cfg.k
+    keep = np.argsort(-pre, axis=-1, kind="stable")[..., :k]
+    f = np.zeros_like(pre)
+    np.put_along_axis(f, keep, np.take_along_axis(pre, keep, -1), -1)
+    return f
+
+
+def np_decode(sae, f):
+    return f @ sae.W_dec.detach().double().numpy() + sae.b_dec.detach().double().numpy()
+
+
+def padded(examples):
+    """SAEBench's input: [BOS] + tokens + pads to CTX, activations zeroed at BOS and pads."""
+    X = np.zeros((len(examples), CTX, D))
+    for i, (acts, _) in enumerate(examples):
+        X[i, 1 : 1 + len(acts)] = acts.double().numpy()
+    return X
+
+
+def np_pooled_latents(sae, X):
+    nonzero = (X.sum(-1) != 0).astype(float)
+    f = np_encode(sae, X) * nonzero[..., None]
+    return f.sum(1) / nonzero.sum(1)[:, None]
+
+
+def np_ablated_pooled(sae, X, ablate, quirk: bool):
+    """SAEBench ablated_precomputed_activations: decode(f with S zeroed) + (x - decode(f)), summed over every
+    position (quirk) or only the ordinary ones, divided by the ordinary count."""
+    nonzero = (X.sum(-1) != 0).astype(float)
+    f = np_encode(sae, X)
+    error = X - np_decode(sae, f)
+    f[..., ablate] = 0.0
+    modified = np_decode(sae, f) + error
+    if not quirk:
+        modified = modified * nonzero[..., None]
+    return modified.sum(1) / nonzero.sum(1)[:, None]
+
+
+def np_accuracy(pooled, probe: LinearProbe, pos, neg):
+    w, b = probe.w_D.double().numpy(), probe.b
+    logits = pooled[np.concatenate([pos, neg])] @ w + b
+    labels = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+    return float(((logits > 0) == labels).mean())
+
+
+def np_top(effects, n):
+    k = min(n, int((effects != 0).sum()))
+    return np.argsort(-effects, kind="stable")[:k]
+
+
+def np_effects(sae, X, probe, pos, neg, kind):
+    pooled = np_pooled_latents(sae, X)
+    diff = pooled[pos].mean(0) - pooled[neg].mean(0)
+    if kind == "tpp":
+        diff = np.maximum(diff, 0)
+    eff = diff * (sae.W_dec.detach().double().numpy() @ probe.w_D.double().numpy())
+    return np.abs(eff) if kind == "scr" else eff
+
+
+# ------------------------------------------------------------------------------------------------- TPP
+def tpp_world(tmp_path, n_train=24, n_test=12, n_classes=4):
+    n = n_classes * (n_train + n_test)
+    cls = np.repeat(np.arange(n_classes), n_train + n_test)
+    examples = synthetic_examples([cls], seed=1)
+    acts = ExampleActivations.from_examples(tmp_path / "acts", examples, CTX, shard_examples=50)
+    train, test = {}, {}
+    for c in range(n_classes):
+        ids = np.flatnonzero(cls == c)
+        train[str(c)], test[str(c)] = ids[:n_train].tolist(), ids[n_train:].tolist()
+    labels = {str(c): f"c{c}" for c in range(n_classes)}
+    task = ErasureTask("synthetic:tpp", [f"t{i}" for i in range(n)], train, test, labels)
+    return task, acts, examples
+
+
+@pytest.mark.parametrize("mode", ["saebench", "validation"])
+def test_tpp_matches_numpy_saebench_reference(tmp_path, mode):
+    task, acts, examples = tpp_world(tmp_path)
+    config = tpp.TPPConfig(n_values=[1, 2, 5, 20], mode=mode, seeds=[7], probe=ProbeConfig(epochs=4))
+    draws = tpp.TPPDraws(task, 7, mode, config.validation_fraction)
+    probes = {sp.name: train_probe(*erasure.xy(acts, sp.train_pos, sp.train_neg),
+                                   *erasure.xy(acts, sp.sel_pos, sp.sel_neg), config.probe, seed=3)[0]
+              for sp in draws.specs}
+    sae = random_topk_sae()
+    per_seed, _ = tpp.tpp_scores(sae, task, acts, {7: draws}, {7: probes}, config)
+
+    X = padded(examples)
+    quirk = mode == "saebench"
+    clean_pooled = X.sum(1) / (X.sum(-1) != 0).sum(1)[:, None]
+    classes = list(task.train)
+    clean = {j: np_accuracy(clean_pooled, probes[j], draws.test[j], draws.clean[j]) for j in classes}
+    expected, quirk_changed = {}, False
+    for n in config.n_values:
+        totals, intended, unintended = [], [], []
+        for i in classes:
+            pos, neg = draws.attr[i]
+            chosen = np_top(np_effects(sae, X, probes[i], pos, neg, "tpp"), n)
+            pooled = np_ablated_pooled(sae, X, chosen, quirk)
+            quirk_changed |= not np.allclose(pooled, np_ablated_pooled(sae, X, chosen, not quirk))
+            drop = {j: clean[j] - np_accuracy(pooled, probes[j], draws.test[j], draws.ablation_negatives(i, n, j))
+                    for j in classes}
+            un = np.mean([drop[j] for j in classes if j != i])
+            intended.append(drop[i])
+            unintended.append(un)
+            totals.append(drop[i] - un)
+        expected[f"tpp_threshold_{n}_total_metric"] = np.mean(totals)
+        expected[f"tpp_threshold_{n}_intended_diff_only"] = np.mean(intended)
+        expected[f"tpp_threshold_{n}_unintended_diff_only"] = np.mean(unintended)
+    assert quirk_changed, "the synthetic SAE must make the padding quirk matter, or the test proves nothing"
+    assert set(per_seed[7]) == set(expected)
+    for key, value in expected.items():
+        assert per_seed[7][key] == pytest.approx(value, abs=1e-4), key
+    assert any(abs(v) > 0.01 for v in expected.values())  # not a trivially all-zero comparison
+
+
+def test_attribution_and_selection_follow_saebench():
+    pos, neg = torch.tensor([1.0, 0.0, 2.0, 0.5]), torch.tensor([0.0, 1.0, 2.5, 0.1])
+    dot = torch.tensor([2.0, 3.0, -1.0, -4.0])
+    assert attribution(pos, neg, dot, "tpp").tolist() == pytest.approx([2.0, 0.0, 0.0, -1.6])
+    assert attribution(pos, neg, dot, "scr").tolist() == pytest.approx([2.0, 3.0, 0.5, 1.6])
+    # SAEBench: k = min(N, number of non-zero effects), then the k largest of ALL effects, so with fewer
+    # positive effects than k a zero-effect latent (lowest index on ties) beats the negative one.
+    assert top_n(attribution(pos, neg, dot, "tpp"), 3).tolist() == [0, 1]
+    assert top_n(torch.tensor([0.0, 3.0, -1.0, 2.0]), 2).tolist() == [1, 3]
+    with pytest.raises(SaevalError, match="larger than"):
+        top_n(torch.ones(3), 4)
+
+
+# ------------------------------------------------------------------------------------------------- SCR
+def scr_world(tmp_path, m=16, m_test=10):
+    """Quadrants (c1 value, c2 value) with SAEBench's six groups; c2 (gender-like) is the louder signal."""
+    rows = []
+    for split, size in (("train", m), ("test", m_test)):
+        for a in (0, 1):
+            for b in (0, 1):
+                need = 2 * size if a == b else size
+                rows += [(split, a, b)] * need
+    c1 = np.array([r[1] for r in rows])
+    c2 = np.array([r[2] for r in rows])
+    examples = synthetic_examples([c1, c2], seed=2)
+    acts = ExampleActivations.from_examples(tmp_path / "acts", examples, CTX)
+    groups: dict[str, dict[str, list[int]]] = {"train": {}, "test": {}}
+    for split, size in (("train", m), ("test", m_test)):
+        ids = {(a, b): [i for i, r in enumerate(rows) if r == (split, a, b)] for a in (0, 1) for b in (0, 1)}
+        pp, pn, np_, nn = ids[(0, 0)], ids[(1, 0)], ids[(0, 1)], ids[(1, 1)]
+        groups[split] = {"c2_pos": pp[:size] + pn[:size], "c2_neg": np_[:size] + nn[:size],
+                         "c1_pos": pp[:size] + np_[:size], "c1_neg": pn[:size] + nn[:size],
+                         "biased_pos": pp[: 2 * size], "biased_neg": nn[: 2 * size]}
+    labels = {"c2": "b0 / b1", "c1": "a0 / a1", "biased": "b0_a0 / b1_a1"}
+    task = ErasureTask("synthetic:scr", [f"t{i}" for i in range(len(rows))], groups["train"], groups["test"],
+                       labels, {"descriptions": {"c1": "attribute a", "c2": "attribute b"}})
+    return task, acts, examples, rows
+
+
+@pytest.mark.parametrize("mode", ["saebench", "validation"])
+def test_scr_matches_numpy_saebench_reference(tmp_path, mode):
+    task, acts, examples, _ = scr_world(tmp_path)
+    config = scr.SCRConfig(n_values=[1, 3, 10, 40], mode=mode, seeds=[5], probe=ProbeConfig(epochs=5))
+    specs = scr.pair_specs(task, 5, mode, config.validation_fraction)
+    probes = {sp.name: train_probe(*erasure.xy(acts, sp.train_pos, sp.train_neg),
+                                   *erasure.xy(acts, sp.sel_pos, sp.sel_neg), config.probe, seed=1) for sp in specs}
+    setup = scr.make_setup(None, task, acts, {5: probes})
+    sae = random_topk_sae(seed=3)
+    ctx = EvalContext(host=None, hook="synthetic")
+    per_seed, detail = scr.run_pair(ctx, sae, setup, config)
+
+    X = padded(examples)
+    clean_pooled = X.sum(1) / (X.sum(-1) != 0).sum(1)[:, None]
+    test = {k: np.asarray(v) for k, v in task.test.items()}
+
+    def acc(pooled, probe, group):
+        return np_accuracy(pooled, probes[probe][0], test[f"{group}_pos"], test[f"{group}_neg"])
+
+    on_c1, on_c2 = acc(clean_pooled, "biased", "c1"), acc(clean_pooled, "biased", "c2")
+    expected = {}
+    for d, ablated, measured in ((1, "c2", "c1"), (2, "c1", "c2")):
+        pos, neg = task.train[f"{ablated}_pos"], task.train[f"{ablated}_neg"]
+        effects = np_effects(sae, X, probes[ablated][0], pos, neg, "scr")
+        original, oracle = acc(clean_pooled, "biased", measured), acc(clean_pooled, measured, measured)
+        for n in config.n_values:
+            changed = acc(np_ablated_pooled(sae, X, np_top(effects, n), mode == "saebench"), "biased", measured)
+            score = 0.0 if oracle - original < 0.001 else (changed - original) / (oracle - original)
+            expected[f"scr_dir{d}_threshold_{n}"] = score
+            if (d == 1 and on_c1 < on_c2) or (d == 2 and on_c1 > on_c2):
+                expected[f"scr_metric_threshold_{n}"] = score
+    assert set(per_seed[5]) == set(expected)
+    for key, value in expected.items():
+        assert per_seed[5][key] == pytest.approx(value, abs=1e-4), key
+    assert detail["reported_direction"]["5"] == (1 if on_c1 < on_c2 else 2 if on_c1 > on_c2 else None)
+
+
+def test_scr_guard_and_direction_rules():
+    assert scr.normalized_gain(0.9, 0.7, 0.7005) == 0.0  # oracle within 0.001 of the biased probe
+    assert scr.normalized_gain(0.8, 0.6, 1.0) == pytest.approx(0.5)
+    assert scr.normalized_gain(0.5, 0.6, 1.0) == pytest.approx(-0.25)
+
+
+# ------------------------------------------------------------------------------------ planted latents
+def signed_basis_sae(seed: int = 0):
+    """A ReLU SAE with latents +e_i and -e_i of an orthonormal basis: exact reconstruction, and latent 2i
+    (2i+1) carries the positive (negative) part of the activation along e_i."""
+    torch.manual_seed(seed)
+    basis = torch.linalg.qr(torch.randn(D, D))[0].T  # rows e_i
+    sae = create_sae(SAEConfig(architecture="relu", d_in=D, d_sae=2 * D, name="signed-basis"))
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.stack([s * e for e in basis for s in (1.0, -1.0)]))
+        sae.W_enc.copy_(sae.W_dec.T)
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae, basis
+
+
+def planted_examples(basis, coeffs: np.ndarray, seed: int):
+    """Example i: coeffs[i, a] * e_a at every token, plus noise in the directions no attribute uses."""
+    rng = np.random.default_rng(seed)
+    free = basis[coeffs.shape[1] :].numpy()
+    out = []
+    for row in coeffs:
+        n = int(rng.integers(3, CTX - 1))
+        signal = row @ basis[: coeffs.shape[1]].numpy()
+        noise = rng.normal(scale=0.8, size=(n, len(free))) @ free
+        out.append((torch.tensor(signal + noise, dtype=torch.float32), torch.arange(n)))
+    return out
+
+
+def test_tpp_finds_and_erases_the_planted_class_latents(tmp_path):
+    sae, basis = signed_basis_sae()
+    n_classes, n_train, n_test = 3, 30, 20
+    cls = np.repeat(np.arange(n_classes), n_train + n_test)
+    # Class c carries +2 e_c; its negatives carry their own classes' directions.
+    examples = planted_examples(basis, 2.0 * np.eye(n_classes)[cls], seed=4)
+    acts = ExampleActivations.from_examples(tmp_path / "acts", examples, CTX)
+    train = {str(c): np.flatnonzero(cls == c)[:n_train].tolist() for c in range(n_classes)}
+    test = {str(c): np.flatnonzero(cls == c)[n_train:].tolist() for c in range(n_classes)}
+    task = ErasureTask("planted", ["x"] * len(cls), train, test, {str(c): f"c{c}" for c in range(n_classes)})
+    config = tpp.TPPConfig(n_values=[1], seeds=[0], probe=ProbeConfig(epochs=20, lr=0.05))
+    draws = tpp.TPPDraws(task, 0, "saebench", 0.2)
+    probes = {sp.name: erasure.fit_probes(acts, [sp], config.probe, 0)[sp.name][0] for sp in draws.specs}
+    per_seed, detail = tpp.tpp_scores(sae, task, acts, {0: draws}, {0: probes}, config)
+    for c in range(n_classes):
+        assert detail["top_latents"][f"c{c}"][0][0] == 2 * c
+    # Erasing class c's latent hurts probe c far more than the other probes (which also read e_c a little).
+    intended = per_seed[0]["tpp_threshold_1_intended_diff_only"]
+    assert intended > 0.3 and intended > 3 * abs(per_seed[0]["tpp_threshold_1_unintended_diff_only"])
+
+
+def test_scr_erasing_the_planted_spurious_latents_recovers_the_biased_probe(tmp_path):
+    sae, basis = signed_basis_sae(1)
+    task, _, _, rows = scr_world(tmp_path / "layout", m=40, m_test=20)
+    sign = np.array([[1.0 if r[1] == 0 else -1.0, 1.0 if r[2] == 0 else -1.0] for r in rows])
+    # Attribute c2 (gender-like) on e_1 is louder than c1 on e_0, so the biased probe leans on it.
+    examples = planted_examples(basis, sign * np.array([1.0, 3.0]), seed=5)
+    acts = ExampleActivations.from_examples(tmp_path / "acts", examples, CTX)
+    config = scr.SCRConfig(n_values=[2], seeds=[0], probe=ProbeConfig(epochs=20, lr=0.05))
+    probes = erasure.fit_probes(acts, scr.pair_specs(task, 0, "saebench", 0.2), config.probe, 0)
+    setup = scr.make_setup(None, task, acts, {0: probes})
+    per_seed, detail = scr.run_pair(EvalContext(host=None, hook="synthetic"), sae, setup, config)
+    assert detail["reported_direction"]["0"] == 1  # the biased probe is worse on c1 data: it relies on c2
+    assert {f for f, _ in detail["top_latents"]["b0 / b1"][:2]} == {2, 3}  # c2 lives on +-e_1
+    assert per_seed[0]["scr_metric_threshold_2"] > 0.8
+
+
+# ------------------------------------------------------------------------- eval runs on a tiny model
+def test_evals_run_deterministically_cache_activations_and_report(tmp_path, tiny_host, monkeypatch):
+    sae_a, sae_b = (random_topk_sae(d_sae=128, seed=s, d_in=tiny_host.d_model) for s in (1, 2))
+    calls = []
+    original = tiny_host.capture
+    monkeypatch.setattr(tiny_host, "capture", lambda *a, **k: calls.append(1) or original(*a, **k))
+    ctx = EvalContext(host=tiny_host, hook="blocks.1.hook_resid_post", preset="tiny")
+    paths = run_evals(ctx, [sae_a, sae_b], ["tpp", "scr"], tmp_path / "out")
+    assert len(paths) == 4
+    n_calls = len(calls)
+    ctx2 = EvalContext(host=tiny_host, hook="blocks.1.hook_resid_post", preset="tiny")
+    run_evals(ctx2, [sae_a], ["tpp", "scr"], tmp_path / "out2")
+    assert len(calls) == n_calls  # the second run reads the disk cache: no forward pass at all
+    for name in ("tpp", "scr"):
+        first = json.loads((tmp_path / "out" / sae_a.name / f"{name}.json").read_text())
+        again = json.loads((tmp_path / "out2" / sae_a.name / f"{name}.json").read_text())
+        assert first["metrics"] == again["metrics"] and first["details"]["mode"] == "saebench"
+        assert first["preset"] == "tiny" and first["config"]["train_set_size"] == 40
+    records = [json.loads(p.read_text()) for p in paths if p.name == "tpp.json"]
+    assert "plotly" in tpp.report(records) and sae_a.name in tpp.report(records)
+
+
+def test_bad_config_is_a_clear_error(tmp_path, tiny_host):
+    ctx = EvalContext(host=tiny_host, hook="blocks.1.hook_resid_post")
+    sae = random_topk_sae(d_sae=64, d_in=tiny_host.d_model)
+    with pytest.raises(SaevalError, match="n_values"):
+        tpp.run(ctx, sae, tpp.SPEC.config("tiny", n_values=[2, 500]))
+    with pytest.raises(SaevalError, match="need two attributes"):
+        scr.run(ctx, sae, scr.SPEC.config("tiny", datasets=["wordnet"]))
+    with pytest.raises(SaevalError, match="fewer than"):
+        tpp.run(ctx, sae, tpp.SPEC.config("tiny", train_set_size=40_000))
+    with pytest.raises(SaevalError, match="n_evidence"):
+        shift.run(ctx, sae, shift.SPEC.config("tiny", n_evidence=50))
