@@ -149,7 +149,7 @@ def test_sweep_matches_hooked_forward(tiny_clip, images):
     """The stacked prefix/suffix engine against one hooked full forward per (latent, strength)."""
     sae = _random_sae(16, 1)
     words = load_vocab(size=200)
-    config = SteerabilityConfig(n_inputs=11, batch_size=5, max_rows=6, images="fashion-mnist", vocab_size=200)
+    config = SteerabilityConfig(n_inputs=11, batch_size=5, max_rows=30, images="fashion-mnist", vocab_size=200)
     readout = CLIPReadout(tiny_clip, HOOK, words, config, seed=3)
     latents, strengths, scale = [2, 9, 15], [0.0, 20.0, 150.0], 100.0
     delta, delta_logit, base_mean, _ = steer_sweep(readout, sae, latents, strengths, scale, config)
@@ -304,7 +304,7 @@ def test_open_clip_adapter_layouts(style):
 
 def test_steer_clip_command_loads_saved_model(tiny_clip, tmp_path):
     """The CLI path end to end: a CLIPModel folder loaded by path, an SAE folder, results JSON."""
-    from saeval.evals.steerability import steer_clip
+    from saeval.clip_cli import steer_clip
     from saeval.saes.formats import save_sae
 
     tiny_clip.model.save_pretrained(tmp_path / "clip")

@@ -77,10 +77,10 @@ def test_summary_and_top_concepts():
 @pytest.mark.parametrize("readout", ["last", "all"])
 def test_sweep_matches_hooked_forward(tiny_host, readout):
     """The engine (prefix once, stacked variants from the hook, vocabulary rows only) against one hooked full
-    forward per (latent, strength); uneven batches and one latent per stacked pass exercise the bookkeeping."""
+    forward per (latent, strength); uneven batches and a ragged last chunk of latents exercise the bookkeeping."""
     sae = _random_sae(64, 40, HOOK, act_scale=2.0)
     words = load_vocab(size=300)
-    config = SteerabilityConfig(n_inputs=5, prompt_len=12, batch_size=2, max_rows=6, readout=readout)
+    config = SteerabilityConfig(n_inputs=5, prompt_len=12, batch_size=2, max_rows=12, readout=readout)
     lm = LMReadout(tiny_host, HOOK, words, config, corpus="sotu", seed=0)
     latents, strengths, scale = [3, 17, 39], [-5.0, 0.0, 30.0], 2.0
     delta, delta_logit, _, stats = steer_sweep(lm, sae, latents, strengths, scale, config)

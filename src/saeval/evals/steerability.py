@@ -18,12 +18,10 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
-import typer
 from pydantic import BaseModel
 from torch import Tensor
 
@@ -206,7 +204,7 @@ def steer_sweep(
     seconds_prefix = time.time() - start
     dirs_FD = (sae.W_dec.detach()[lat] / sae.cfg.act_scale).float()
     s_K = torch.tensor(strengths, device=dirs_FD.device)
-    chunk = max(1, config.max_rows // (k * batch_size))
+    chunk = max(1, config.max_rows // (k * max(len(p.acts_BLD) for p in prefixed)))  # latents per pass
     V = base_mean.shape[0]
     delta = torch.zeros(len(latents), k, V, dtype=torch.float64)
     delta_logit = torch.zeros_like(delta)
@@ -367,42 +365,10 @@ SPEC = register_eval(
                 "vocab_size": 500,
                 "strengths": [0.0, 10.0, 50.0],
             },
+            # The LessWrong post's sweep, paper sizes otherwise.
+            "post": {"strengths": [0.0, 0.5, 1.0, 5.0, 10.0, 100.0]},
         },
         report=report_section,
     )
 )
 
-
-def steer_clip(
-    sae: Annotated[str, typer.Option(help="SAE folder/file trained on the CLIP vision tower")],
-    model: Annotated[str, typer.Option(help="CLIPModel folder or hub id, or open_clip:MODEL[:PRETRAINED]")],
-    images: Annotated[str, typer.Option(help="fashion-mnist, photos, an image folder, or hf:NAME[:SPLIT]")] = (
-        "fashion-mnist"
-    ),
-    vocab: Annotated[str, typer.Option(help="'default' (WordNet common words) or a file, one word per line")] = (
-        "default"
-    ),
-    out: Annotated[Path, typer.Option(help="output folder")] = Path("out"),
-    hook: Annotated[str | None, typer.Option(help="hook name when the SAE's config lacks one")] = None,
-    preset: Annotated[str, typer.Option(help="paper (defaults) or a smaller named preset, e.g. demo")] = "paper",
-    device: Annotated[str, typer.Option()] = "cpu",
-    seed: Annotated[int, typer.Option()] = 0,
-    force: Annotated[bool, typer.Option(help="recompute finished results")] = False,
-) -> None:
-    """Steerability of a CLIP vision-tower SAE: steered image embeddings against text embeddings of a
-    vocabulary (the paper's setting); writes OUT/<sae>/steerability.json."""
-    from saeval.cli import _fail, check_sae_fits, resolve_hook
-    from saeval.evals.base import run_evals
-    from saeval.hosts.clip import CLIPHost
-    from saeval.saes.formats import load_sae
-
-    try:
-        loaded = load_sae(sae, device=device)
-        host = CLIPHost.load(model, device=device)
-        hook_name = resolve_hook(loaded, hook)
-        check_sae_fits(host, loaded, hook_name)
-        ctx = EvalContext(host=host, hook=hook_name, seed=seed, preset=preset)
-        overrides = {"steerability": {"images": images, "vocab": vocab}}
-        run_evals(ctx, [loaded], ["steerability"], out, force=force, overrides=overrides)
-    except SaevalError as err:
-        _fail(err)
