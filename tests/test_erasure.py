@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 import torch
 
+from types import SimpleNamespace
+
 from saeval.data.labeled import ErasureTask
 from saeval.errors import SaevalError
 from saeval.evals import erasure, scr, shift, tpp
 from saeval.evals.base import EvalContext, run_evals
 from saeval.evals.erasure import ExampleActivations, attribution, top_n
 from saeval.evals.probes import LinearProbe, ProbeConfig, train_probe
+from saeval.judges import Judgement
 from saeval.saes.base import SAEConfig, create_sae
 
 D, CTX = 16, 12
@@ -298,20 +301,75 @@ def test_tpp_finds_and_erases_the_planted_class_latents(tmp_path):
     assert intended > 0.3 and intended > 3 * abs(per_seed[0]["tpp_threshold_1_unintended_diff_only"])
 
 
-def test_scr_erasing_the_planted_spurious_latents_recovers_the_biased_probe(tmp_path):
+def planted_scr(tmp_path):
+    """SCR world on the signed-basis SAE: c1 on e_0 (+-1), c2 on e_1 (+-3, louder, so the biased probe
+    leans on it); latents 2 and 3 carry c2, latents 0 and 1 carry c1."""
     sae, basis = signed_basis_sae(1)
     task, _, _, rows = scr_world(tmp_path / "layout", m=40, m_test=20)
     sign = np.array([[1.0 if r[1] == 0 else -1.0, 1.0 if r[2] == 0 else -1.0] for r in rows])
-    # Attribute c2 (gender-like) on e_1 is louder than c1 on e_0, so the biased probe leans on it.
     examples = planted_examples(basis, sign * np.array([1.0, 3.0]), seed=5)
     acts = ExampleActivations.from_examples(tmp_path / "acts", examples, CTX)
-    config = scr.SCRConfig(n_values=[2], seeds=[0], probe=ProbeConfig(epochs=20, lr=0.05))
-    probes = erasure.fit_probes(acts, scr.pair_specs(task, 0, "saebench", 0.2), config.probe, 0)
-    setup = scr.make_setup(None, task, acts, {0: probes})
+    probes = erasure.fit_probes(acts, scr.pair_specs(task, 0, "saebench", 0.2), ProbeConfig(epochs=20, lr=0.05), 0)
+    return sae, scr.make_setup(None, task, acts, {0: probes})
+
+
+def test_scr_erasing_the_planted_spurious_latents_recovers_the_biased_probe(tmp_path):
+    sae, setup = planted_scr(tmp_path)
+    config = scr.SCRConfig(n_values=[2], seeds=[0])
     per_seed, detail = scr.run_pair(EvalContext(host=None, hook="synthetic"), sae, setup, config)
     assert detail["reported_direction"]["0"] == 1  # the biased probe is worse on c1 data: it relies on c2
     assert {f for f, _ in detail["top_latents"]["b0 / b1"][:2]} == {2, 3}  # c2 lives on +-e_1
     assert per_seed[0]["scr_metric_threshold_2"] > 0.8
+
+
+# ----------------------------------------------------------------------------------------------- SHIFT
+class ScriptedJudge:
+    name = "scripted"
+
+    def __init__(self, spurious: set[int], failing: set[int] = frozenset(), first_fails: bool = False):
+        self.spurious, self.failing, self.first_fails, self.asked = spurious, set(failing), first_fails, []
+
+    def judge(self, evidence, question):
+        self.asked.append(question)
+        if self.first_fails:
+            self.failing.add(evidence[0].latent)
+        return [Judgement(latent=e.latent, verdict="failed", error="endpoint down") if e.latent in self.failing
+                else Judgement(latent=e.latent, verdict="spurious" if e.latent in self.spurious else "not_spurious")
+                for e in evidence]
+
+
+def test_shift_ablates_exactly_the_latents_judged_spurious(tmp_path, smollm2_tokenizer):
+    sae, setup = planted_scr(tmp_path)
+    ctx = EvalContext(host=SimpleNamespace(tokenizer=smollm2_tokenizer), hook="synthetic")
+    config = shift.SHIFTConfig(n_values=[2, 4], n_candidates=4, n_evidence=3, explainer="none", seeds=[0])
+    judge = ScriptedJudge({2, 3})
+    per_seed, detail = shift.run_pair(ctx, sae, setup, config, judge, {}, {})
+    assert {j["latent"] for j in detail["judgements"]} == {0, 1, 2, 3}  # the biased probe's top four
+    assert judge.asked[0].spurious.startswith("attribute b")  # auto: the attribute SCR's direction removes
+    assert per_seed[0]["shift_score"] > 0.8 and per_seed[0]["judge_agreement_with_probes"] == 1.0
+    scr_rows, _ = scr.run_pair(ctx, sae, setup, scr.SCRConfig(n_values=[2], seeds=[0]))
+    assert per_seed[0]["shift_score"] == pytest.approx(scr_rows[0]["scr_dir1_threshold_2"])
+    for j in detail["judgements"]:
+        assert j["evidence"]["windows"] and "«" in j["evidence"]["windows"][0]
+    # Judging the target attribute's latents spurious instead erases the wrong thing.
+    wrong, _ = shift.run_pair(ctx, sae, setup, config, ScriptedJudge({0, 1}), {}, {})
+    assert wrong[0]["shift_score"] < 0.2
+    # A failed judgement is never ablated and, with max_failed_fraction 0, voids the headline score.
+    failed, detail = shift.run_pair(ctx, sae, setup, config, ScriptedJudge({2, 3}, failing={2}), {}, {})
+    assert "shift_score" not in failed[0] and failed[0]["n_failed_judgements"] == 1
+    assert failed[0]["shift_score_partial"] < per_seed[0]["shift_score"]
+    assert [j["error"] for j in detail["judgements"] if j["verdict"] == "failed"] == ["endpoint down"]
+
+
+def test_shift_run_reports_failed_judgements_as_null_score(tmp_path, tiny_host, monkeypatch):
+    monkeypatch.setattr(shift, "make_judge", lambda spec, host=None: ScriptedJudge(set(), first_fails=True))
+    ctx = EvalContext(host=tiny_host, hook="blocks.1.hook_resid_post", preset="tiny")
+    sae = random_topk_sae(d_sae=64, d_in=tiny_host.d_model)
+    result = shift.run(ctx, sae, shift.SPEC.config("tiny"))
+    assert result.metrics.shift_score is None and result.metrics.n_failed_judgements == 1
+    assert result.metrics.shift_score_partial is not None
+    relaxed = shift.run(ctx, sae, shift.SPEC.config("tiny", max_failed_fraction=0.5))
+    assert relaxed.metrics.shift_score == relaxed.metrics.shift_score_partial
 
 
 # ------------------------------------------------------------------------- eval runs on a tiny model

@@ -144,7 +144,11 @@ def _read_splits(hub_id: str, folder: str | None, columns: list[str]) -> tuple[L
     if folder:
         files = {split: _split_file(Path(folder), split) for split in ("train", "test")}
         kind = "parquet" if files["train"].suffix == ".parquet" else "json"
-        data = load_dataset(kind, data_files={k: str(v) for k, v in files.items()})
+        try:
+            data = load_dataset(kind, data_files={k: str(v) for k, v in files.items()})
+        except Exception as err:  # pyarrow and datasets raise many types for unreadable or mismatched files
+            raise SaevalError(f"cannot read {folder} as {hub_id} ({type(err).__name__}): train and test need the "
+                              f"same columns {columns}") from err
     else:
         # SAEBench loads the parent dataset: LabHC/bias_in_bios_class_set1 -> LabHC/bias_in_bios.
         repo = hub_id.split("_class_set")[0]
@@ -261,10 +265,12 @@ def sotu_dataset(seed: int = 42, passage_words: int = 40, test_fraction: float =
         n_test = max(1, round(len(records) * test_fraction))
         for rank, i in enumerate(order):
             words = records[i]["text"].split()
-            rows = [(" ".join(words[s : s + passage_words]), party, era, int(records[i]["year"]))
+            speech = f"{records[i]['year']} {records[i]['name']}"
+            rows = [(" ".join(words[s : s + passage_words]), party, era, int(records[i]["year"]), speech)
                     for s in range(0, len(words) - passage_words + 1, passage_words)]
             (test_rows if rank < n_test else train_rows).extend(rows)
-    tables = [_table(_shuffled(rows, seed + 1), ["party", "era", "year"]) for rows in (train_rows, test_rows)]
+    columns = ["party", "era", "year", "speech"]
+    tables = [_table(_shuffled(rows, seed + 1), columns) for rows in (train_rows, test_rows)]
     return LabeledDataset(
         name="sotu", train=tables[0], test=tables[1],
         class_attr=Attribute("party", "the president's political party (Republican or Democratic) and partisan "
