@@ -48,19 +48,23 @@ def main() -> None:
     ctx = EvalContext(host=host, hook=HOOK, corpus="sotu", preset="demo")
     n_lat, n_str, n_in, L = config.n_latents, len(config.strengths), config.n_inputs, config.prompt_len
 
+    prompts = LMReadout(host, HOOK, load_vocab(config.vocab, 50), config, "sotu", ctx.seed).prompts
+    # Bare full forwards for the same sequences: every (strength, prompt) of one latent in one batch, timed
+    # before and after the eval (the mean brackets load changes from other processes).
+    batch = prompts.repeat(n_str, 1)
+    host.forward(batch[:n_in])  # warm-up
+
+    def time_bare() -> float:
+        start = time.time()
+        host.forward(batch)
+        return time.time() - start
+
+    before = time_bare()
     start = time.time()
     result = spec.run(ctx, sae, config)
     t_eval = time.time() - start
     det = result.details
-
-    prompts = LMReadout(host, HOOK, load_vocab(config.vocab, 50), config, "sotu", ctx.seed).prompts
-    # Bare full forwards for the same sequences: every (strength, prompt) of one latent in one batch.
-    batch = prompts.repeat(n_str, 1)
-    host.forward(batch[:n_in])  # warm-up
-    start = time.time()
-    for _ in range(2):
-        host.forward(batch)
-    t_bare_latent = (time.time() - start) / 2
+    t_bare_latent = (before + time_bare()) / 2
     t_bare = t_bare_latent * n_lat + t_bare_latent / n_str  # plus the unsteered pass
 
     # Naive loop: one hooked full forward per (latent, strength) over the prompts.
@@ -70,7 +74,7 @@ def main() -> None:
         for s in config.strengths:
 
             def steer(x, f=f, s=s):
-                return x + ((s - sae.encode(x.float())[..., f]) * mask)[..., None] * sae.W_dec[f]
+                return x + ((s - sae.encode(x.float())[..., f]) * mask)[..., None] * sae.W_dec[f] / sae.cfg.act_scale
 
             host.forward(prompts, interventions={HOOK: steer})
     t_naive = (time.time() - start) / NAIVE_LATENTS * n_lat
