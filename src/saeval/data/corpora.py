@@ -104,6 +104,10 @@ def make_contexts(docs: list[Tensor], ctx_len: int, n_contexts: int, bos_id: int
 
 def load_contexts(host, corpus: str, n_tokens: int, ctx_len: int = 128, seed: int = 0) -> Tensor:
     """Contexts holding about ``n_tokens`` tokens (BOS included) from ``corpus`` for ``host``'s tokenizer."""
+    if corpus == "self-generated":  # the host's own unconditional samples (FaithfulSAE), see data/selfgen.py
+        from saeval.data.selfgen import load_selfgen_contexts
+
+        return load_selfgen_contexts(host, n_tokens, ctx_len, seed)
     n_contexts = max(1, -(-n_tokens // ctx_len))
     # Streamed hub corpora are read only as far as needed (twice the request, so chunks still vary).
     docs = corpus_tokens(host.tokenizer, corpus, max_tokens=2 * n_tokens if corpus.startswith("hf:") else None)

@@ -1,0 +1,106 @@
+"""The host's own text: unconditional samples from a BOS prompt at temperature 1 (FaithfulSAE, methods.md C2).
+
+Samples are generated in batches (``host.generate``), cut at the first special token (end of text), and cached
+on disk per (model, seed, temperature, sample length): a later request for more tokens extends the cache,
+and the same request always returns the same tokens (batch b is sampled with seed ``seed * 1_000_003 + b``).
+``load_contexts(host, "self-generated", n_tokens, ctx_len, seed)`` draws its contexts from these samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import torch
+from torch import Tensor
+
+from saeval.assets import cache_dir
+from saeval.errors import SaevalError
+from saeval.progress import progress_bar
+
+CORPUS_NAME = "self-generated"
+
+
+def _cache_path(host, seed: int, temperature: float, sample_len: int):
+    label = json.dumps([host.name, len(host.tokenizer), host.bos_id, seed, temperature, sample_len])
+    return cache_dir() / "selfgen" / f"{hashlib.sha1(label.encode()).hexdigest()[:16]}.pt"
+
+
+def _cut(row: Tensor, special: Tensor) -> Tensor:
+    """Tokens before the first special token (EOS, pad): the rest is not the model's text."""
+    stop = torch.isin(row, special).nonzero()
+    return row[: int(stop[0])] if len(stop) else row
+
+
+def generate_documents(
+    host,
+    n_tokens: int,
+    sample_len: int = 127,
+    batch_size: int = 32,
+    temperature: float = 1.0,
+    seed: int = 0,
+    min_doc_tokens: int = 1,
+) -> list[Tensor]:
+    """At least ``n_tokens`` tokens of unconditional samples (each up to ``sample_len`` tokens), cached."""
+    if sample_len < 1 or batch_size < 1:
+        raise SaevalError("self-generated corpus needs sample_len >= 1 and batch_size >= 1")
+    path = _cache_path(host, seed, temperature, sample_len)
+    state = torch.load(path) if path.exists() else {"docs": [], "batches": 0}
+    docs: list[Tensor] = state["docs"]
+    total = sum(len(d) for d in docs if len(d) >= min_doc_tokens)
+    if total < n_tokens:
+        special = host.special_ids
+        with progress_bar() as bar:
+            task = bar.add_task(
+                f"self-generating {n_tokens} tokens ({host.name}, T={temperature})", total=n_tokens
+            )
+            bar.advance(task, total)
+            while total < n_tokens:
+                prompt = torch.full((batch_size, 1), host.bos_id, dtype=torch.long)
+                new = host.generate(
+                    prompt,
+                    torch.ones_like(prompt),
+                    max_new_tokens=sample_len,
+                    temperature=temperature,
+                    seed=seed * 1_000_003 + state["batches"],
+                )
+                state["batches"] += 1
+                for row in new.cpu():
+                    doc = _cut(row, special).to(torch.int32)
+                    docs.append(doc)
+                    if len(doc) >= min_doc_tokens:
+                        total += len(doc)
+                        bar.advance(task, len(doc))
+                if state["batches"] > 50 and total == 0:
+                    raise SaevalError(
+                        f"{host.name} samples end immediately from BOS: it cannot self-generate text"
+                    )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+    return docs
+
+
+def load_selfgen_contexts(
+    host, n_tokens: int, ctx_len: int = 128, seed: int = 0, batch_size: int = 32, temperature: float = 1.0
+) -> Tensor:
+    """Contexts [BOS, ctx_len - 1 sampled tokens] holding about ``n_tokens`` tokens of the host's own text.
+
+    Each sample is generated ctx_len - 1 tokens long from BOS, so one complete sample fills one context;
+    samples that stopped early (end of text) are skipped. ``seed`` selects the samples, so a train seed and
+    an eval seed see different text."""
+    from saeval.data.corpora import make_contexts
+
+    n_contexts = max(1, -(-n_tokens // ctx_len))
+    body = ctx_len - 1
+    docs: list[Tensor] = []
+    need = n_contexts * body
+    while True:
+        docs = generate_documents(host, need, body, batch_size, temperature, seed, min_doc_tokens=body)
+        full = [d for d in docs if len(d) >= body]
+        if len(full) >= n_contexts:
+            break
+        need += (n_contexts - len(full)) * body
+    # The first n_contexts complete samples: the result does not depend on how much the cache already holds.
+    return make_contexts(full[:n_contexts], ctx_len, n_contexts, host.bos_id, seed)

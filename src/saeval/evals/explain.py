@@ -1,0 +1,459 @@
+"""Self-explanation of SAE latents (Kharlapenko, neverix, Nanda, Conmy 2024; methods.md C1).
+
+Every placeholder "X" token of a chat prompt ("Repeat "X" four times exactly as it is written." or "What is
+the meaning of the word "X"?") is REPLACED by scale * unit(W_dec[f]) at an early layer's input (the paper's
+REP_LAYER = 2, whatever layer the SAE reads), and the model completes the prompt: the completion is the
+latent's explanation. The quality depends on the scale, so a sweep over scales measures, at the last prompt
+position:
+
+- self-similarity: cos(residual at a late probe layer, W_dec[f]) minus its value at scale 0;
+- entropy of the next-token distribution minus its value at scale 0;
+- cross-entropy against a baseline run where X holds the unit-norm mean token embedding.
+
+The chosen scale maximises self-similarity; a latent whose self-similarity never exceeds 0.01 is flagged as a
+failure. Generations (one per scale of a coarser grid, temperature 1) are ranked by
+0.4 * minmax(self-similarity) - 0.6 * minmax(cross-entropy) at their scale; the best three are the
+explanations. Unlike the reference code, cosines are normalised per row (it divided by the norm of the whole
+batch), and decoder rows are unit-normalised first because saeval SAEs may fold an input scale into W_dec.
+"""
+
+from __future__ import annotations
+
+import html
+import random
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel
+from torch import Tensor
+
+from saeval.errors import SaevalError
+from saeval.evals.base import EvalConfig, EvalContext, EvalSpec, register_eval
+from saeval.progress import track
+from saeval.results import EvalResult, SAEInfo
+
+TEMPLATES: dict[str, tuple[str, str]] = {
+    # (user message, start of the assistant's reply); the reply is continued by the model.
+    "repeat": ('Repeat "X" four times exactly as it is written.', '1. "X"\n2. "X"\n3. "X"\n4. "'),
+    "meaning": ('What is the meaning of the word "X"?', 'The meaning of the word "X" is "'),
+}
+PLACEHOLDER = "X"
+
+
+class ExplainConfig(EvalConfig):
+    template: str = "repeat"
+    rep_hook: str = "blocks.2.hook_resid_pre"
+    probe_hook: str | None = None  # default: resid_pre of block round(16/18 * n_layers), as 16 of Gemma's 18
+    min_scale: float = 0.0
+    max_scale: float = 200.0
+    n_search_scales: int = 64
+    n_generation_scales: int = 32
+    generations_per_scale: int = 1
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    selfsim_threshold: float = 0.01
+    alpha: float = 0.4  # weight of self-similarity against cross-entropy when ranking generations
+    n_best: int = 3
+    batch_size: int = 32  # sequences per forward (sweep) or generation batch
+    # For the registered eval: which latents (None: n_latents drawn at random among live ones).
+    latents: list[int] | None = None
+    n_latents: int = 32
+
+
+class ScaleSweep(BaseModel):
+    scales: list[float]
+    selfsim: list[float]
+    entropy: list[float]
+    crossent: list[float]
+    chosen_scale: float
+    max_selfsim: float
+    entropy_at_chosen: float
+    failed: bool
+
+
+class Generation(BaseModel):
+    scale: float
+    text: str
+    explanation: str
+    metric: float
+
+
+class SelfExplanation(BaseModel):
+    latent: int
+    sweep: ScaleSweep
+    generations: list[Generation]
+    best: list[str]  # the n_best explanations, best first
+
+    @property
+    def explanation(self) -> str:
+        return self.best[0] if self.best else ""
+
+
+def probe_hook_for(host, config: ExplainConfig) -> str:
+    return (
+        config.probe_hook or f"blocks.{min(host.n_layers - 1, round(16 / 18 * host.n_layers))}.hook_resid_pre"
+    )
+
+
+def build_prompt(host, template: str) -> tuple[list[int], list[int]]:
+    """Token ids of the chat prompt and the positions of its placeholder tokens."""
+    if template not in TEMPLATES:
+        raise SaevalError(
+            f"unknown self-explanation template {template!r}; use one of {', '.join(TEMPLATES)}"
+        )
+    user, reply = TEMPLATES[template]
+    tok = host.tokenizer
+    if tok.chat_template:
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+        )
+        ids = tok(text + reply, add_special_tokens=False)["input_ids"]
+    else:  # base models: plain text after BOS
+        ids = [host.bos_id] + tok(f"{user}\n{reply}", add_special_tokens=False)["input_ids"]
+    positions = [i for i, t in enumerate(ids) if tok.decode([t]).strip() == PLACEHOLDER]
+    if not positions:
+        raise SaevalError(
+            f"the tokenizer of {host.name} merges the placeholder X with its neighbours in template "
+            f"{template!r}: pick another template"
+        )
+    return ids, positions
+
+
+def _check_hooks(host, config: ExplainConfig) -> tuple[str, str]:
+    rep, probe = host.hook(config.rep_hook), host.hook(probe_hook_for(host, config))
+    if rep.kind not in ("hook_resid_pre", "hook_resid_post"):
+        raise SaevalError(f"rep_hook {config.rep_hook} must be a residual hook (hook_resid_pre/post)")
+
+    def order(p) -> tuple[int, int]:
+        return p.layer, int(p.kind != "hook_resid_pre")
+
+    if order(probe) <= order(rep):
+        raise SaevalError(f"probe hook {probe.name} must come after rep_hook {rep.name}")
+    return rep.name, probe.name
+
+
+def unit_decoder_rows(sae, latents: Sequence[int]) -> Tensor:
+    bad = [f for f in latents if not 0 <= int(f) < sae.d_sae]
+    if bad:
+        raise SaevalError(f"latent index {bad[0]} is out of range for SAE {sae.name} with d_sae={sae.d_sae}")
+    return F.normalize(
+        sae.W_dec.detach().float()[torch.tensor([int(f) for f in latents], dtype=torch.long)], dim=-1
+    )
+
+
+def _minmax(x: np.ndarray) -> np.ndarray:
+    span = x.max() - x.min()
+    return (x - x.min()) / span if span > 1e-12 else np.zeros_like(x)
+
+
+@torch.inference_mode()
+def scale_sweep(host, dirs_FD: Tensor, config: ExplainConfig) -> list[ScaleSweep]:
+    """Self-similarity, entropy and cross-entropy over the scale grid, for each direction (unit rows)."""
+    rep, probe = _check_hooks(host, config)
+    ids, positions = build_prompt(host, config.template)
+    tokens = torch.tensor([ids])
+    base, state = host.prefix(tokens, rep)
+    scales = torch.linspace(config.min_scale, config.max_scale, config.n_search_scales)
+    emb = host.model.get_input_embeddings().weight.detach().float()
+    mean_emb = F.normalize(emb.mean(0), dim=0)
+    # Shared reference variants: X = 0 (the scale-0 reference) and X = unit mean embedding (cross-entropy).
+    vectors = [torch.zeros(host.d_model), mean_emb] + [s * d for d in dirs_FD for s in scales]
+    logp_rows, resid_rows = [], []
+    for s in range(0, len(vectors), config.batch_size):
+        vec = torch.stack(vectors[s : s + config.batch_size]).to(base.dtype)
+        acts = base.repeat(len(vec), 1, 1)
+        acts[:, positions] = vec[:, None, :].to(acts.device)
+        store: list[Tensor] = []
+        with host.hooks(captures={probe: store}):
+            logits = host.run_from(state, acts)
+        logp_rows.append(F.log_softmax(logits[:, -1].float(), dim=-1).cpu())
+        resid_rows.append(store[0][:, -1].float().cpu())
+    logp, resid = torch.cat(logp_rows), torch.cat(resid_rows)
+    entropy = -(logp.exp() * logp).sum(-1)
+    S = len(scales)
+    out = []
+    for i, d in enumerate(dirs_FD):
+        rows = slice(2 + i * S, 2 + (i + 1) * S)
+        cos = F.cosine_similarity(resid[rows], d[None], dim=-1)
+        cos0 = F.cosine_similarity(resid[:1], d[None], dim=-1)
+        selfsim = (cos - cos0).numpy()
+        ent = (entropy[rows] - entropy[0]).numpy()
+        crossent = -(logp[rows].exp() * logp[1:2]).sum(-1).numpy()
+        best = int(np.argmax(selfsim))
+        out.append(
+            ScaleSweep(
+                scales=scales.tolist(),
+                selfsim=selfsim.tolist(),
+                entropy=ent.tolist(),
+                crossent=crossent.tolist(),
+                chosen_scale=float(scales[best]),
+                max_selfsim=float(selfsim[best]),
+                entropy_at_chosen=float(ent[best]),
+                failed=bool(selfsim[best] <= config.selfsim_threshold),
+            )
+        )
+    return out
+
+
+def extract_explanation(text: str) -> str:
+    """The completion up to the closing quote of the template's last opened quote (or the first line)."""
+    cut = text.split('"', 1)[0] if '"' in text else text.split("\n", 1)[0]
+    return cut.strip()
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor, list[int]]:
+    """Left-padded ids, attention mask, and each row's offset (number of pad tokens)."""
+    width = max(map(len, rows))
+    tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    offsets = []
+    for i, row in enumerate(rows):
+        tokens[i, width - len(row) :] = torch.tensor(list(row))
+        mask[i, width - len(row) :] = 1
+        offsets.append(width - len(row))
+    return tokens, mask, offsets
+
+
+def placeholder_intervention(positions_B: Sequence[Sequence[int]], vectors_BD: Tensor, prompt_len: int):
+    """Replace each row's placeholder positions by its vector, during the prompt's prefill only (later
+    generation steps see one new position at a time and pass through unchanged)."""
+
+    def fn(acts_BLD: Tensor) -> Tensor:
+        if acts_BLD.shape[1] != prompt_len:
+            return acts_BLD
+        acts_BLD = acts_BLD.clone()
+        for b, pos in enumerate(positions_B):
+            acts_BLD[b, list(pos)] = vectors_BD[b].to(acts_BLD)
+        return acts_BLD
+
+    return fn
+
+
+def generate_with_vectors(
+    host,
+    prompts: Sequence[tuple[list[int], list[int]]],
+    vectors_BD: Tensor,
+    hook: str,
+    max_new_tokens: int,
+    temperature: float,
+    batch_size: int,
+    seed: int = 0,
+) -> list[str]:
+    """Batched sampling of prompts (ids, placeholder positions) with their vector at the placeholders."""
+    texts: list[str] = []
+    for s in range(0, len(prompts), batch_size):
+        chunk = prompts[s : s + batch_size]
+        tokens, mask, offsets = left_pad([ids for ids, _ in chunk], host.pad_id)
+        positions = [[p + off for p in pos] for (_, pos), off in zip(chunk, offsets, strict=True)]
+        fn = placeholder_intervention(positions, vectors_BD[s : s + batch_size], tokens.shape[1])
+        new = host.generate(
+            tokens,
+            mask,
+            interventions={hook: fn},
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            seed=seed + s,
+        )
+        texts += host.tokenizer.batch_decode(new, skip_special_tokens=True)
+    return texts
+
+
+def self_explain(
+    host, sae, latents: Sequence[int], config: ExplainConfig, seed: int = 0, progress: str | None = None
+) -> list[SelfExplanation]:
+    """Scale sweep, then batched generation for every latent, then ranking of the generations."""
+    latents = [int(f) for f in latents]
+    dirs = unit_decoder_rows(sae, latents)
+    if dirs.shape[1] != host.d_model:
+        raise SaevalError(
+            f"SAE {sae.name} has d_in={dirs.shape[1]} but {host.name} has d_model={host.d_model}"
+        )
+    # Sweep in groups of latents so the progress bar moves and memory stays bounded.
+    group = max(1, config.batch_size * 4 // max(config.n_search_scales, 1))
+    sweeps: list[ScaleSweep] = []
+    groups = range(0, len(latents), group)
+    for g in track(groups, progress or f"self-explanation sweep {sae.name}", total=len(groups)):
+        sweeps += scale_sweep(host, dirs[g : g + group], config)
+    ids, positions = build_prompt(host, config.template)
+    gen_scales = np.linspace(config.min_scale, config.max_scale, config.n_generation_scales)
+    jobs = [
+        (i, float(s))
+        for i in range(len(latents))
+        for s in gen_scales
+        for _ in range(config.generations_per_scale)
+    ]
+    vectors = torch.stack([s * dirs[i] for i, s in jobs]) if jobs else torch.zeros(0, host.d_model)
+    rep, _ = _check_hooks(host, config)
+    texts = (
+        generate_with_vectors(
+            host,
+            [(ids, positions)] * len(jobs),
+            vectors,
+            rep,
+            config.max_new_tokens,
+            config.temperature,
+            config.batch_size,
+            seed,
+        )
+        if jobs
+        else []
+    )
+    results = []
+    for i, f in enumerate(latents):
+        sw = sweeps[i]
+        scales = np.array(sw.scales)
+        metric = config.alpha * _minmax(np.array(sw.selfsim)) - (1 - config.alpha) * _minmax(
+            np.array(sw.crossent)
+        )
+        gens = []
+        for (j, s), text in zip(jobs, texts, strict=True):
+            if j == i:
+                m = float(metric[int(np.abs(scales - s).argmin())])
+                gens.append(Generation(scale=s, text=text, explanation=extract_explanation(text), metric=m))
+        ranked = sorted(gens, key=lambda g: -g.metric)
+        best: list[str] = []
+        for g in ranked:
+            if g.explanation and g.explanation not in best:
+                best.append(g.explanation)
+            if len(best) == config.n_best:
+                break
+        results.append(SelfExplanation(latent=f, sweep=sw, generations=gens, best=best))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- the eval
+class ExplainMetrics(BaseModel):
+    n_latents: int
+    frac_failed: float
+    mean_max_selfsim: float
+    mean_chosen_scale: float
+    mean_entropy_at_chosen: float
+    frac_with_explanation: float
+
+
+class ExplainDetails(BaseModel):
+    latents: list[int]
+    probe_hook: str
+    prompt: str
+    explanations: list[SelfExplanation]
+
+
+class ExplainResult(EvalResult[ExplainConfig, ExplainMetrics, ExplainDetails]):
+    pass
+
+
+def pick_latents(ctx: EvalContext, sae, n: int, seed: int) -> list[int]:
+    """n latents at random, among live ones when the core eval's densities are at hand."""
+    core = ctx.previous(sae.name, "core")
+    pool = list(range(sae.d_sae))
+    if core is not None:
+        live = [i for i, d in enumerate(core["details"]["latent_density"]) if d > 0]
+        pool = live or pool
+    return sorted(random.Random(seed).sample(pool, min(n, len(pool))))
+
+
+def run(ctx: EvalContext, sae, config: ExplainConfig) -> ExplainResult:
+    host = ctx.host
+    latents = (
+        config.latents if config.latents is not None else pick_latents(ctx, sae, config.n_latents, ctx.seed)
+    )
+    found = self_explain(host, sae, latents, config, seed=ctx.seed)
+    ids, _ = build_prompt(host, config.template)
+    sweeps = [e.sweep for e in found]
+    n = max(len(found), 1)
+    metrics = ExplainMetrics(
+        n_latents=len(found),
+        frac_failed=sum(s.failed for s in sweeps) / n,
+        mean_max_selfsim=sum(s.max_selfsim for s in sweeps) / n,
+        mean_chosen_scale=sum(s.chosen_scale for s in sweeps) / n,
+        mean_entropy_at_chosen=sum(s.entropy_at_chosen for s in sweeps) / n,
+        frac_with_explanation=sum(bool(e.best) for e in found) / n,
+    )
+    details = ExplainDetails(
+        latents=list(latents),
+        probe_hook=probe_hook_for(host, config),
+        prompt=host.tokenizer.decode(ids),
+        explanations=found,
+    )
+    return ExplainResult(
+        eval="self_explanation",
+        sae=SAEInfo.of(sae),
+        model=host.name,
+        preset=ctx.preset,
+        config=config,
+        metrics=metrics,
+        details=details,
+    )
+
+
+def report(records: list[dict]) -> str:
+    import plotly.graph_objects as go
+
+    try:
+        from saeval.report.html import figure_html
+    except ImportError:  # pragma: no cover - the report module is optional at import time
+
+        def figure_html(fig):
+            return fig.to_html(full_html=False, include_plotlyjs=False)
+
+    parts = []
+    for rec in records:
+        fig = go.Figure()
+        rows = []
+        for e in rec["details"]["explanations"][:12]:
+            sw = e["sweep"]
+            fig.add_trace(
+                go.Scatter(x=sw["scales"], y=sw["selfsim"], mode="lines", name=f"latent {e['latent']}")
+            )
+            rows.append(
+                f"<tr><td>{e['latent']}</td><td>{sw['chosen_scale']:.1f}</td><td>{sw['max_selfsim']:.3f}"
+                f"</td><td>{'yes' if sw['failed'] else ''}</td>"
+                f"<td style='text-align:left'>{html.escape(' | '.join(e['best']))}</td></tr>"
+            )
+        fig.update_layout(
+            title=f"Self-similarity vs scale — {rec['sae']['name']}",
+            xaxis_title="scale",
+            yaxis_title="self-similarity (minus scale 0)",
+        )
+        parts.append(figure_html(fig))
+        parts.append(
+            "<table><tr><th>latent</th><th>chosen scale</th><th>max self-sim</th><th>failed</th>"
+            "<th>explanations (best first)</th></tr>" + "".join(rows) + "</table>"
+        )
+    return "\n".join(parts)
+
+
+SPEC = register_eval(
+    EvalSpec(
+        name="self_explanation",
+        config_cls=ExplainConfig,
+        run=run,
+        description="self-explanation by placeholder replacement: scale sweep (self-similarity, entropy), "
+        "failure flag, batched generations",
+        presets={
+            "demo": {"n_latents": 6, "n_search_scales": 12, "n_generation_scales": 4, "max_new_tokens": 20},
+            "tiny": {
+                "n_latents": 2,
+                "n_search_scales": 4,
+                "n_generation_scales": 2,
+                "max_new_tokens": 6,
+                "rep_hook": "blocks.1.hook_resid_pre",
+                "probe_hook": "blocks.3.hook_resid_pre",
+            },
+        },
+        report=report,
+    )
+)
+
+__all__ = [
+    "ExplainConfig",
+    "SelfExplanation",
+    "ScaleSweep",
+    "self_explain",
+    "scale_sweep",
+    "build_prompt",
+    "generate_with_vectors",
+    "TEMPLATES",
+]
