@@ -168,3 +168,8 @@ def list_(
 
 def main() -> None:  # pragma: no cover
     sys.exit(app())
+
+
+from saeval.casestudy import case_study as _case_study  # noqa: E402  (FaithfulSAE case study)
+
+app.command("case-study")(_case_study)
