@@ -18,6 +18,7 @@ themselves afterwards.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,9 +67,13 @@ class MatchResult:
     def summary(self, bins: int = 40) -> dict[str, Any]:
         hist, edges = np.histogram(self.similarity, bins=bins, range=(-1.0, 1.0))
         return {
-            "shared_feature_ratio": self.shared_feature_ratio, "top1_ratio": self.top1_ratio,
-            "threshold": self.threshold, "method": self.method, "exact": self.exact,
-            "n_a": self.n_a, "n_b": self.n_b,
+            "shared_feature_ratio": self.shared_feature_ratio,
+            "top1_ratio": self.top1_ratio,
+            "threshold": self.threshold,
+            "method": self.method,
+            "exact": self.exact,
+            "n_a": self.n_a,
+            "n_b": self.n_b,
             "n_pairs": len(self.rows),
             "mean_matched_cosine": float(self.similarity.mean()) if len(self.rows) else 0.0,
             "matched_cosine_histogram": {"counts": hist.tolist(), "edges": edges.tolist()},
@@ -178,14 +183,17 @@ def assign(A: Tensor, B: Tensor, dense_limit: int = DENSE_LIMIT, k: int = 8) -> 
     return _sparse_assign(A, B, k, dense_limit)
 
 
-def match_saes(sae_a, sae_b, threshold: float = THRESHOLD, dense_limit: int = DENSE_LIMIT, k: int = 8,
-               method: str = "auto") -> MatchResult:
+def match_saes(
+    sae_a, sae_b, threshold: float = THRESHOLD, dense_limit: int = DENSE_LIMIT, k: int = 8, method: str = "auto"
+) -> MatchResult:
     """Match the latents of two SAEs by decoder cosine; ``method`` auto | dense | sparse."""
     start = time.time()
     W_a, W_b = decoder_of(sae_a).detach().float().cpu(), decoder_of(sae_b).detach().float().cpu()
     if W_a.shape[1] != W_b.shape[1]:
-        raise SaevalError(f"cannot match SAEs of different d_in ({W_a.shape[1]} vs {W_b.shape[1]}): "
-                          "pick two SAEs trained on the same model and hook")
+        raise SaevalError(
+            f"cannot match SAEs of different d_in ({W_a.shape[1]} vs {W_b.shape[1]}): "
+            "pick two SAEs trained on the same model and hook"
+        )
     if method not in ("auto", "dense", "sparse"):
         raise SaevalError(f"unknown matching method {method!r}: use auto, dense or sparse")
     limit = {"auto": dense_limit, "dense": max(len(W_a), len(W_b)), "sparse": 0}[method]
@@ -195,8 +203,92 @@ def match_saes(sae_a, sae_b, threshold: float = THRESHOLD, dense_limit: int = DE
     order = np.argsort(-sims, kind="stable")
     return MatchResult(
         shared_feature_ratio=float((sims > threshold).mean()) if len(sims) else 0.0,
-        top1_ratio=float((best_b > threshold).mean()), threshold=threshold, method=used, exact=exact,
-        rows=rows[order].astype(np.int64), cols=cols[order].astype(np.int64),
+        top1_ratio=float((best_b > threshold).mean()),
+        threshold=threshold,
+        method=used,
+        exact=exact,
+        rows=rows[order].astype(np.int64),
+        cols=cols[order].astype(np.int64),
         similarity=sims[order].astype(np.float32),
-        best_cos_b=best_b, n_a=len(W_a), n_b=len(W_b), seconds=round(time.time() - start, 3),
+        best_cos_b=best_b,
+        n_a=len(W_a),
+        n_b=len(W_b),
+        seconds=round(time.time() - start, 3),
     )
+
+
+# ---------------------------------------------------------------------------------------------- cross-data
+@torch.inference_mode()
+def cross_data_metrics(
+    host,
+    sae,
+    corpus: str,
+    n_tokens: int = 65_536,
+    ctx_len: int = 128,
+    batch_size: int = 8,
+    seed: int = 0,
+    hook: str | None = None,
+) -> dict[str, Any]:
+    """FaithfulSAE's cross-dataset metrics of ``sae`` on ``corpus`` (e.g. an SAE trained on State of the Union
+    text evaluated on the model's own samples, corpus "self-generated").
+
+    explained_variance is the core eval's (1 - E||x - xhat||^2 / total variance); explained_variance_faithfulsae
+    and l2_loss follow FaithfulSAE's scripts (1 - Var(x - xhat) / Var(x) and the mean squared error, both over
+    all elements); ce_diff = CE with xhat spliced at the hook - clean CE. Special tokens are excluded."""
+    from saeval.data.corpora import load_contexts
+    from saeval.evals.core import ReconstructionStats, next_token_stats
+    from saeval.progress import track
+
+    hook = hook or sae.cfg.hook_name
+    if not hook:
+        raise SaevalError(f"SAE {sae.name} names no hook: pass hook=")
+    contexts = load_contexts(host, corpus, n_tokens, ctx_len, seed)
+    stats = ReconstructionStats(sae.d_in, sae.d_sae)
+    sums = np.zeros(5)  # err, err^2, x, x^2, element count
+    ce = np.zeros(3)  # clean, sae, positions
+    for s in track(
+        range(0, len(contexts), batch_size), f"cross-data {sae.name} on {corpus}", total=-(-len(contexts) // batch_size)
+    ):
+        tokens = contexts[s : s + batch_size]
+        mask = host.ordinary_mask(tokens)
+        acts, state = host.prefix(tokens, hook)
+        sae.check_input(acts)
+        x = acts[mask].float()
+        f = sae.encode(x)
+        xhat = sae.decode(f)
+        stats.update(x, xhat, f)
+        err = (x - xhat).double()
+        sums += [
+            float(err.sum()),
+            float(err.pow(2).sum()),
+            float(x.double().sum()),
+            float(x.double().pow(2).sum()),
+            err.numel(),
+        ]
+        recon = acts.clone()
+        recon[mask] = xhat.to(acts.dtype)  # special tokens keep their activation
+        logits = host.run_from(state, torch.cat([acts, recon])).float()
+        B = len(tokens)
+        clean_logp = F.log_softmax(logits[:B, :-1], dim=-1)
+        ce_clean, _, n = next_token_stats(logits[:B], clean_logp, tokens, mask)
+        ce_sae, _, _ = next_token_stats(logits[B:], clean_logp, tokens, mask)
+        ce += [ce_clean, ce_sae, n]
+    n_el = sums[4]
+    var_err = sums[1] / n_el - (sums[0] / n_el) ** 2
+    var_x = sums[3] / n_el - (sums[2] / n_el) ** 2
+    summary = stats.summary()
+    return {
+        "corpus": corpus,
+        "n_tokens": stats.n,
+        "explained_variance": summary["explained_variance"],
+        "explained_variance_faithfulsae": 1 - var_err / var_x if var_x > 0 else float("nan"),
+        "mse": summary["mse"],
+        "l2_loss": sums[1] / n_el,
+        "ce_clean": ce[0] / ce[2],
+        "ce_sae": ce[1] / ce[2],
+        "ce_diff": (ce[1] - ce[0]) / ce[2],
+    }
+
+
+# FaithfulSAE comparisons the demo can call by name (signatures above: two SAEs; an SAE on another corpus).
+PAIRWISE: dict[str, Callable[..., Any]] = {"feature_matching": match_saes, "cross_data": cross_data_metrics}
