@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import html
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ from torch import Tensor
 
 from saeval.errors import SaevalError
 from saeval.evals.base import EvalConfig, EvalContext, EvalSpec, register_eval
+from saeval.hosts.hooks import get_attr
 from saeval.progress import track
 from saeval.results import EvalResult, SAEInfo
 
@@ -148,6 +150,18 @@ def _minmax(x: np.ndarray) -> np.ndarray:
     return (x - x.min()) / span if span > 1e-12 else np.zeros_like(x)
 
 
+@contextmanager
+def last_position_only(host) -> Iterator[None]:
+    """The final norm, hence the unembedding, sees only the last position: the sweep needs no other logits
+    (the full [batch, positions, vocab] logits would cost more memory and time than a third of the blocks)."""
+    norm = get_attr(host.model, host.layout.final_norm)
+    handle = norm.register_forward_pre_hook(lambda _m, args: (args[0][:, -1:], *args[1:]))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 @torch.inference_mode()
 def scale_sweep(host, dirs_FD: Tensor, config: ExplainConfig) -> list[ScaleSweep]:
     """Self-similarity, entropy and cross-entropy over the scale grid, for each direction (unit rows)."""
@@ -166,7 +180,7 @@ def scale_sweep(host, dirs_FD: Tensor, config: ExplainConfig) -> list[ScaleSweep
         acts = base.repeat(len(vec), 1, 1)
         acts[:, positions] = vec[:, None, :].to(acts.device)
         store: list[Tensor] = []
-        with host.hooks(captures={probe: store}):
+        with host.hooks(captures={probe: store}), last_position_only(host):
             logits = host.run_from(state, acts)
         logp_rows.append(F.log_softmax(logits[:, -1].float(), dim=-1).cpu())
         resid_rows.append(store[0][:, -1].float().cpu())
