@@ -71,6 +71,7 @@ class SyntheticConfig(EvalConfig):
     dead_log10_density: float = -10.0
     n_density_tokens: int = 4_096_000  # when the core eval's densities are absent (core's default pass size)
     density_ctx_len: int = 128
+    relative: bool = True  # also the relative interpolation A (1 - t) + T t
     plateau: bool = True
     # Plateau threshold on the final-layer L2: None = plateau_threshold_frac x the median final residual norm
     # at the last position of the real prompts (the source's 20 is in GPT-2 small units).
@@ -128,8 +129,8 @@ class SyntheticDetails(BaseModel):
     gaussian_fit_n: int
     ms_step_l2: CurveStats
     ms_step_kl: CurveStats
-    ms_step_l2_relative: CurveStats
-    ms_step_kl_relative: CurveStats
+    ms_step_l2_relative: CurveStats | None = None
+    ms_step_kl_relative: CurveStats | None = None
     no_blowup_fraction: dict[str, float]
     plateau: CurveStats | None = None
     plateau_censored_fraction: dict[str, float] = {}
@@ -197,10 +198,12 @@ class LastPositionRunner:
         self.grabbed = grabbed
 
     @torch.inference_mode()
-    def run(self, acts_VD: Tensor) -> tuple[Tensor, Tensor]:
+    def run(self, acts_VD: Tensor, logits: bool = True) -> tuple[Tensor, Tensor | None]:
+        """Final residual [V, D] and, when ``logits``, last-position logits [V, vocab] (the unembedding is a
+        third of a single-position pass in a small model: L2-only curves skip it)."""
         acts_VD = acts_VD.to(self.host.device, self.host.model.dtype)
         if self.start >= self.host.n_layers:  # the hook is the final residual itself
-            return acts_VD.float(), self.host.logits_from_residual(acts_VD[:, None])[:, 0].float()
+            return acts_VD.float(), self._logits(acts_VD[:, None], logits)
         if not self.fast:
             return self._run_full(acts_VD)
         from transformers.cache_utils import Cache
@@ -223,7 +226,10 @@ class LastPositionRunner:
         hidden = acts_VD[:, None, :]
         for block in self.host.blocks[self.start:]:
             hidden = _hidden(block(hidden, *args, **kwargs))
-        return hidden[:, 0].float(), self.host.logits_from_residual(hidden)[:, 0].float()
+        return hidden[:, 0].float(), self._logits(hidden, logits)
+
+    def _logits(self, hidden_V1D: Tensor, wanted: bool) -> Tensor | None:
+        return self.host.logits_from_residual(hidden_V1D)[:, 0].float() if wanted else None
 
     def _run_full(self, acts_VD: Tensor) -> tuple[Tensor, Tensor]:
         assert self.tokens_1L is not None
@@ -240,24 +246,26 @@ class LastPositionRunner:
 
 
 def curve_values(runner: LastPositionRunner, starts_SD: Tensor, curves: list[tuple[int, Tensor]],
-                 batch_rows: int) -> tuple[list[Tensor], list[Tensor], Tensor]:
+                 batch_rows: int, kl_too: bool = True) -> tuple[list[Tensor], list[Tensor], Tensor]:
     """L2 of the final residual and KL(start || perturbed) of the next-token distribution along each curve.
 
     ``curves`` are (index into ``starts``, acts_SD of steps 1..S-1); each curve's step 0 is its start, run
-    once. Returns per-curve L2 and KL (step 0 included, = 0) and the starts' final residuals."""
-    ref_final, ref_logits = runner.run(starts_SD)
-    ref_logp = F.log_softmax(ref_logits, dim=-1)
+    once. Returns per-curve L2 and KL (step 0 included, = 0; KL all zero unless ``kl_too``) and the starts'
+    final residuals."""
+    ref_final, ref_logits = runner.run(starts_SD, logits=kl_too)
+    ref_logp = F.log_softmax(ref_logits, dim=-1) if ref_logits is not None else None
     rows = torch.cat([acts for _, acts in curves]) if curves else torch.zeros(0, starts_SD.shape[1])
     owner = torch.cat([torch.full((len(acts),), i, dtype=torch.long) for i, acts in curves]) if curves \
         else None
     l2, kl = torch.zeros(len(rows)), torch.zeros(len(rows))
     for lo in range(0, len(rows), batch_rows):
         hi = min(lo + batch_rows, len(rows))
-        final, logits = runner.run(rows[lo:hi])
+        final, logits = runner.run(rows[lo:hi], logits=kl_too)
         who = owner[lo:hi].to(final.device)  # type: ignore[index]
         l2[lo:hi] = (final - ref_final[who]).norm(dim=-1).cpu()
-        ref = ref_logp[who]
-        kl[lo:hi] = (ref.exp() * (ref - F.log_softmax(logits, dim=-1))).sum(-1).clamp_min(0).cpu()
+        if logits is not None and ref_logp is not None:
+            ref = ref_logp[who]
+            kl[lo:hi] = (ref.exp() * (ref - F.log_softmax(logits, dim=-1))).sum(-1).clamp_min(0).cpu()
     out_l2, out_kl, at = [], [], 0
     for _, acts in curves:
         out_l2.append(torch.cat([torch.zeros(1), l2[at : at + len(acts)]]))
@@ -447,46 +455,47 @@ def run(ctx: EvalContext, sae, config: SyntheticConfig) -> SyntheticResult:
     if runner.fast:
         warnings += _check_fast_path(runner, contexts[0:1], base[0])
 
-    keys = [(t, kind) for t in TARGET_TYPES for kind in ("abs", "rel")]
-    keys += [(t, "plateau") for t in plateau_types]
+    kinds = ("abs", "rel") if config.relative else ("abs",)
+    keys = [(t, kind) for t in TARGET_TYPES for kind in kinds]
     # MS steps: L2 and KL along absolute steps, and along the relative interpolation (suffix r).
     ms: dict[str, dict[str, list[float]]] = {
-        s: {t: [] for t in TARGET_TYPES} for s in ("l2", "kl", "l2r", "klr")}
+        s: {t: [] for t in TARGET_TYPES} for s in ("l2", "kl", "l2r", "klr")[: 2 * len(kinds)]}
     no_blowup = {t: 0 for t in TARGET_TYPES}
     plateau_curves: dict[str, list[Tensor]] = {t: [] for t in plateau_types}
     examples: dict[str, dict[str, list[list[float]]]] = {t: {"l2": [], "kl": [], "plateau_l2": []}
                                                          for t in TARGET_TYPES}
-    final_norms = []
+    final_norms, at_end = [], 0
     for i in track(range(n), f"synthetic {sae.name}: perturbations", n):
         runner.prepare(contexts[i : i + 1])
-        starts = torch.stack([base[i]] + [targets[t][i] for t in plateau_types])
-        curves = []
-        for t, kind in keys:
-            if kind == "abs":
-                curves.append((0, absolute_steps(base[i], targets[t][i], step, n_steps)[1:]))
-            elif kind == "rel":
-                curves.append((0, relative_steps(base[i], targets[t][i], n_steps)[1:]))
-            else:
-                curves.append((1 + plateau_types.index(t), absolute_steps(targets[t][i], ends[t][i], step,
-                                                                          n_steps)[1:]))
-        l2s, kls, ref_final = curve_values(runner, starts, curves, config.batch_rows)
+        curves = [(0, (absolute_steps(base[i], targets[t][i], step, n_steps) if kind == "abs"
+                       else relative_steps(base[i], targets[t][i], n_steps))[1:]) for t, kind in keys]
+        l2s, kls, ref_final = curve_values(runner, base[i][None], curves, config.batch_rows)
         final_norms.append(float(ref_final[0].norm()))
         for (t, kind), l2, kl in zip(keys, l2s, kls, strict=True):
-            if kind == "plateau":
-                plateau_curves[t].append(l2)
-                if i < config.n_examples:
-                    examples[t]["plateau_l2"].append(_short(l2))
-                continue
             for stat, curve in (("l2", l2), ("kl", kl)):
                 idx = max_slope_step(curve, config.slope_floor, no_blowup=-1)
-                if kind == "abs" and stat == "l2" and idx < 0:
-                    no_blowup[t] += 1
+                if kind == "abs" and stat == "l2":
+                    no_blowup[t] += idx < 0
+                    at_end += t == "real" and len(curve) == n_steps and idx == n_steps - 1
                 ms[stat + ("" if kind == "abs" else "r")][t].append(
                     float(GRID_MAX) if idx < 0 else _grid(idx, n_steps))
             if kind == "abs" and i < config.n_examples:
                 examples[t]["l2"].append(_short(l2))
                 examples[t]["kl"].append(_short(kl))
+        if plateau_types:  # L2 only: no unembedding needed
+            starts = torch.stack([targets[t][i] for t in plateau_types])
+            curves = [(j, absolute_steps(targets[t][i], ends[t][i], step, n_steps)[1:])
+                      for j, t in enumerate(plateau_types)]
+            l2s, _, _ = curve_values(runner, starts, curves, config.batch_rows, kl_too=False)
+            for t, l2 in zip(plateau_types, l2s, strict=True):
+                plateau_curves[t].append(l2)
+                if i < config.n_examples:
+                    examples[t]["plateau_l2"].append(_short(l2))
 
+    if at_end > n / 2:  # a convex curve rises fastest at its end: the blow-up lies beyond the span
+        warnings.append(f"{at_end} of {n} real-target L2 curves rise fastest at their last step: "
+                        f"{n_steps} steps of {step:.3g} end before the blow-up (real targets lie "
+                        f"{median_dist:.3g} away at {hook}); use step_size='auto'")
     resid_median = float(np.median(final_norms))
     plateau_stats, censored, threshold, derivation = None, {}, None, None
     if config.plateau:
@@ -527,8 +536,8 @@ def run(ctx: EvalContext, sae, config: SyntheticConfig) -> SyntheticResult:
         target_distance_median={t: float((targets[t] - base).norm(dim=-1).median()) for t in TARGET_TYPES},
         density_source=density.source, density_tokens=density.n_tokens, n_live_latents=density.n_live,
         gaussian_fit_n=len(fit_set),
-        ms_step_l2=stats["l2"], ms_step_kl=stats["kl"], ms_step_l2_relative=stats["l2r"],
-        ms_step_kl_relative=stats["klr"], no_blowup_fraction={t: no_blowup[t] / n for t in TARGET_TYPES},
+        ms_step_l2=stats["l2"], ms_step_kl=stats["kl"], ms_step_l2_relative=stats.get("l2r"),
+        ms_step_kl_relative=stats.get("klr"), no_blowup_fraction={t: no_blowup[t] / n for t in TARGET_TYPES},
         plateau=plateau_stats, plateau_censored_fraction=censored, plateau_threshold=threshold,
         plateau_threshold_derivation=derivation, final_resid_norm_median=resid_median, ordering=ordering,
         paper_ms_step=PAPER_MS_STEP, paper_plateau=PAPER_PLATEAU, examples=examples, warnings=warnings,
@@ -572,7 +581,7 @@ def report_section(records: list[dict]) -> str:
     for rec in records:
         d, m = rec["details"], rec["metrics"]
         name = html.escape(rec["sae"]["name"])
-        l2, kl, rel = d["ms_step_l2"], d["ms_step_kl"], d["ms_step_l2_relative"]
+        l2, kl, rel = d["ms_step_l2"], d["ms_step_kl"], d.get("ms_step_l2_relative") or {"mean": {}}
         plateau = d.get("plateau") or {"mean": {}, "std": {}}
         rows = [{
             "target": t,
@@ -580,7 +589,7 @@ def report_section(records: list[dict]) -> str:
             "paper (GPT-2)": d["paper_ms_step"].get(t, ""),
             "KS vs real": l2["ks_vs_real"].get(t, ""),
             "MS step (KL)": kl["mean"][t],
-            "MS step (relative, L2)": rel["mean"][t],
+            "MS step (relative, L2)": rel["mean"].get(t, ""),
             "no blow-up": d["no_blowup_fraction"][t],
             "plateau mean ± std": (f"{plateau['mean'][t]:.2f} ± {plateau['std'][t]:.2f}"
                                    if t in plateau["mean"] else ""),
@@ -642,8 +651,9 @@ SPEC = register_eval(EvalSpec(
                 "SAE latents like real ones? MS step of perturbations towards real, SAE-reconstructed, "
                 "synthetic and random targets; activation plateaus",
     presets={
-        "demo": {"n_samples": 40, "n_fit": 1000, "n_steps": 40, "step_size": "auto",
-                 "n_density_tokens": 32768, "n_examples": 3},
+        # ~60-90 s per SAE on two CPU cores: fewer samples and steps, no relative interpolation.
+        "demo": {"n_samples": 48, "n_fit": 750, "n_steps": 40, "step_size": "auto", "relative": False,
+                 "n_density_tokens": 16384, "n_examples": 3},
         "tiny": {"n_samples": 6, "n_fit": 80, "n_steps": 8, "step_size": "auto", "n_density_tokens": 2048,
                  "density_ctx_len": 32, "structured_pool": 20, "n_examples": 2},
     },

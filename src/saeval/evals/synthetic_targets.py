@@ -106,7 +106,6 @@ def check_live(density: LatentDensity, sae_name: str, needed: int) -> None:
 class GaussianFit:
     mean_D: Tensor
     factor_DD: Tensor  # x = mean + z @ factor.T with z ~ N(0, I) has the fitted covariance
-    min_eigenvalue: float
     warning: str | None = None
 
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
@@ -125,21 +124,18 @@ def fit_gaussian(acts_ND: Tensor, eps_rel: float = 1e-6) -> GaussianFit:
         raise SaevalError(f"the Gaussian target needs at least 2 real activations, got {n}: raise n_fit")
     mean = x.mean(0)
     cov = (x - mean).T @ (x - mean) / n
+    if n > d:
+        factor, info = torch.linalg.cholesky_ex(cov)
+        if int(info) == 0:
+            return GaussianFit(mean, factor)
     eigvals, eigvecs = torch.linalg.eigh(cov)
     floor = eps_rel * float(eigvals.clamp_min(0).mean())
-    warning = None
-    try:
-        if n <= d:
-            raise RuntimeError("rank-deficient")
-        factor = torch.linalg.cholesky(cov)
-    except RuntimeError:
-        rank = int((eigvals > floor).sum())
-        clipped = eigvals.clamp_min(floor)
-        factor = eigvecs * clipped.sqrt()
-        warning = (f"covariance of {n} activations in {d} dimensions is singular (numerical rank {rank}): "
-                   f"eigenvalues floored at {floor:.3g} ({eps_rel:g} x their mean); raise n_fit above {d} "
-                   "for a full-rank random target")
-    return GaussianFit(mean, factor, float(eigvals.min()), warning)
+    rank = int((eigvals > floor).sum())
+    factor = eigvecs * eigvals.clamp_min(floor).sqrt()
+    warning = (f"covariance of {n} activations in {d} dimensions is singular (numerical rank {rank}): "
+               f"eigenvalues floored at {floor:.3g} ({eps_rel:g} x their mean); raise n_fit above {d} "
+               "for a full-rank random target")
+    return GaussianFit(mean, factor, warning)
 
 
 # ---------------------------------------------------------------------------------------------- synthetic
