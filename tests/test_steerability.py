@@ -187,3 +187,14 @@ def test_planted_latent_on_smollm2(smollm2):
     # but the planted one still moves it most.
     assert lat[4].steerability[2] > 0.1 > max(r.steerability[2] for f, r in lat.items() if f != 4)
     assert lat[4].steerability[-1] > max(r.steerability[-1] for f, r in lat.items() if f != 4)
+
+
+def test_lm_concepts_single_or_first_token(tiny_host):
+    """" andrena" is " and" + "ren" + "a": as a first-token concept it would stand for " and"."""
+    words = ["dog", "andrena", "water", "dogs"]
+    base = {"n_inputs": 1, "prompt_len": 8}
+    single = LMReadout(tiny_host, HOOK, words, SteerabilityConfig(**base), "sotu", 0)
+    assert single.words == ["dog", "water", "dogs"] and single.n_dropped == 1
+    first = LMReadout(tiny_host, HOOK, words, SteerabilityConfig(lm_concepts="first_token", **base), "sotu", 0)
+    assert first.words == words and tiny_host.tokenizer.decode([first.token_ids[1]]) == " and"
+    assert torch.equal(first.W_VD[0], tiny_host.model.get_output_embeddings().weight[first.token_ids[0]])

@@ -63,6 +63,8 @@ class SteerabilityConfig(EvalConfig):
         "last"  # next-token distribution at the last position or every ordinary one
     )
     steer_special_tokens: bool = False  # BOS is an attention sink the SAE never saw: leave it unsteered
+    # concepts: words that are a single token (" word"), or every word by its first token (shared pieces merge)
+    lm_concepts: Literal["single_token", "first_token"] = "single_token"
     # CLIP
     images: str = (
         "fashion-mnist"  # see data/images.load_images; the paper used ImageNet val (pass its folder)

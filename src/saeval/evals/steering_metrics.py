@@ -27,27 +27,32 @@ if TYPE_CHECKING:
 
 # ------------------------------------------------------------------------------------------------ readouts
 class LMReadout:
-    """Next-token logits of the vocabulary's first tokens (" word") at readout positions of corpus prompts."""
+    """Next-token logits of the vocabulary's words (" word" as one token, or its first token) at readout
+    positions of corpus prompts."""
 
     kind = "lm"
 
     def __init__(self, host, hook: str, words: list[str], config: SteerabilityConfig, corpus: str, seed: int):
         self.host, self.hook, self.config = host, hook, config
-        counts, first = [], []
+        counts, pieces = [], []
         for w in words:
             # The word alone decides whether it tokenises to anything; mid-text it follows a space.
             counts.append(len(host.tokenizer(w.strip(), add_special_tokens=False)["input_ids"]))
-            ids = host.tokenizer(" " + w.strip(), add_special_tokens=False)["input_ids"]
-            first.append(ids[0] if ids else -1)
+            pieces.append(host.tokenizer(" " + w.strip(), add_special_tokens=False)["input_ids"])
         check_tokenised(words, counts, f"the tokenizer of {host.name}")
         keep: dict[int, str] = {}
-        for w, t in zip(words, first, strict=True):
+        for w, ids in zip(words, pieces, strict=True):
+            # "first_token" keeps a word by its first token; "single_token" only words that are one token,
+            # since a multi-token word's first piece (" and" of "andrena") stands for other words too.
             # A bare-space first token says nothing about the word; a shared first token would count twice.
-            if t not in keep and host.tokenizer.decode([t]).strip():
-                keep[t] = w
+            if config.lm_concepts == "single_token" and len(ids) != 1:
+                continue
+            if ids[0] not in keep and host.tokenizer.decode([ids[0]]).strip():
+                keep[ids[0]] = w
         if not keep:
             raise SaevalError(
-                "no vocabulary word has a first token of its own: use a vocabulary of plain words"
+                f"no vocabulary word gives a concept token of its own (lm_concepts={config.lm_concepts}): "
+                "use a vocabulary of plain words, or lm_concepts='first_token'"
             )
         self.words, self.n_dropped = list(keep.values()), len(words) - len(keep)
         self.token_ids = list(keep)
