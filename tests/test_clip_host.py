@@ -304,7 +304,6 @@ def test_open_clip_adapter_layouts(style):
 
 def test_steer_clip_command_loads_saved_model(tiny_clip, tmp_path):
     """The CLI path end to end: a CLIPModel folder loaded by path, an SAE folder, results JSON."""
-    from saeval.clip_cli import steer_clip
     from saeval.saes.formats import save_sae
 
     tiny_clip.model.save_pretrained(tmp_path / "clip")
@@ -313,8 +312,13 @@ def test_steer_clip_command_loads_saved_model(tiny_clip, tmp_path):
     reloaded = CLIPHost.load(str(tmp_path / "clip"))
     pixels = reloaded.preprocess(load_images("fashion-mnist", 3))
     assert torch.allclose(reloaded.image_embeddings(pixels), tiny_clip.image_embeddings(pixels), atol=1e-5)
-    steer_clip(sae=str(tmp_path / "sae"), model=str(tmp_path / "clip"), images="fashion-mnist", vocab="default",
-               out=tmp_path / "out", hook=None, preset="tiny", device="cpu", seed=0, force=False)
+    from typer.testing import CliRunner
+
+    from saeval.cli import app
+
+    args = ["--sae", str(tmp_path / "sae"), "--model", str(tmp_path / "clip"), "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(app, ["steer-clip", *args, "--preset", "tiny", "--images", "fashion-mnist"])
+    assert result.exit_code == 0, result.output
     rec = json.loads((tmp_path / "out" / "sae" / "steerability.json").read_text())
     assert rec["details"]["host"] == "clip" and rec["details"]["softmax_scale"] == 100.0
     assert rec["metrics"]["n_latents"] == 8 and rec["details"]["n_inputs"] == 4

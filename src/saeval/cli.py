@@ -173,3 +173,4 @@ def main() -> None:  # pragma: no cover
 from saeval.casestudy import case_study as _case_study  # noqa: E402  (FaithfulSAE case study)
 
 app.command("case-study")(_case_study)
+app.command("steer-clip")(__import__("saeval.clip_cli", fromlist=["steer_clip"]).steer_clip)  # CLIP steerability
