@@ -80,7 +80,10 @@ def test_zero_direction_is_flagged_failed(tiny_host):
     out = self_explain(tiny_host, sae, [0, 2], cfg)
     assert out[1].sweep.failed and out[1].sweep.max_selfsim == pytest.approx(0.0, abs=1e-6)
     assert out[0].sweep.max_selfsim > 0.01 and not out[0].sweep.failed  # the residual stream carries x forward
-    assert len(out[0].generations) == 2 and [g.scale for g in out[0].generations] == [0.0, 50.0]
+    assert len(out[0].generations) == 2 and [g.scale for g in out[0].generations] == [0.0, 50.0]  # the grid
+    best = self_explain(tiny_host, sae, [0], cfg.model_copy(update={"generation_scales": "best"}))[0]
+    scales = [g.scale for g in best.generations]
+    assert scales[0] == best.sweep.chosen_scale and 0.0 not in scales and len(set(scales)) == 2
 
 
 def test_prefill_only_replacement():

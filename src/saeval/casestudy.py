@@ -54,8 +54,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
     # About 3 minutes on the two demo SAEs on a 2-core CPU: fewer scales, generations and corpus tokens.
     "demo": {
-        "n_tokens": 24_576,
-        "explain": {"n_search_scales": 8, "n_generation_scales": 3, "max_new_tokens": 16, "batch_size": 48},
+        "n_tokens": 16_384,
+        "explain": {"n_search_scales": 8, "n_generation_scales": 2, "generation_scales": "best", "max_new_tokens": 12,
+                    "batch_size": 48},
         "embedding": {"n_test": 20, "n_random": 20, "reservoir": 200, "n_pool": 400},
     },
     "tiny": {
@@ -279,6 +280,34 @@ def case_study_html(entries: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"{_side(e, 0, meta['sae_a'])}{_side(e, 1, meta['sae_b'])}</div></div>"
         )
     return CARD_STYLE + intro + "".join(cards)
+
+
+# ---------------------------------------------------------------------------------------------- demo
+def demo_study(ctx, saes: list, out_dir: Path, force: bool = False) -> Path | None:
+    """The case study on the first two SAEs of a run (``saeval demo``'s pair studies), with the run's preset
+    when the case study has it (else "demo"); a finished study is kept unless ``force``."""
+    path = Path(out_dir) / "case_study.json"
+    if len(saes) < 2:
+        return None
+    if path.exists() and not force:
+        print(f"skip case study: {path} exists (use --force to recompute)")
+        return path
+    preset = ctx.preset if ctx.preset in PRESETS else "demo"
+    start = time.time()
+    run_case_study(ctx.host, saes[0], saes[1], case_study_config(preset), ctx.corpus, None, out_dir, preset,
+                   ctx.seed)
+    print(f"case study ({preset}) on {saes[0].name} / {saes[1].name}: {path} in {time.time() - start:.0f}s")
+    return path
+
+
+def _register_demo_study() -> None:
+    from saeval import demo
+
+    if demo_study not in demo.PAIR_STUDIES:
+        demo.PAIR_STUDIES.append(demo_study)
+
+
+_register_demo_study()
 
 
 # ---------------------------------------------------------------------------------------------- CLI

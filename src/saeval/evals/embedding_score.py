@@ -29,7 +29,7 @@ from sklearn.metrics import roc_auc_score
 from saeval.data.corpora import load_contexts
 from saeval.errors import SaevalError
 from saeval.evals.base import EvalConfig, EvalContext, EvalSpec, register_eval
-from saeval.evals.explain import ExplainConfig, pick_latents, self_explain
+from saeval.evals.explain import DEMO_EXPLAIN, TINY_EXPLAIN, ExplainConfig, memo_self_explain, pick_latents
 from saeval.evals.windows import ActExample, WindowsResult, collect_windows
 from saeval.llm import LLMError, chat_model
 from saeval.results import EvalResult, SAEInfo
@@ -231,8 +231,7 @@ def get_explanations(
             return explain_with_llm(windows, latents, config.explainer, ctx.host, config.n_explain_windows)
         except LLMError as err:
             raise SaevalError(f"explainer {config.explainer} failed: {err}") from err
-    explain_cfg = ExplainConfig(**config.explain)
-    found = self_explain(ctx.host, sae, latents, explain_cfg, seed=ctx.seed)
+    found = memo_self_explain(ctx, sae, latents, ExplainConfig(**config.explain))
     return {e.latent: e.explanation for e in found}
 
 
@@ -328,33 +327,10 @@ SPEC = register_eval(
         description="embedding score (delphi): AUROC of query-window cosine, activating (by quantile, "
         "disjoint from the explaining windows) vs random non-activating windows",
         presets={
-            "demo": {
-                "n_latents": 6,
-                "n_tokens": 16_384,
-                "reservoir": 200,
-                "n_pool": 400,
-                "n_test": 20,
-                "n_random": 20,
-                "explain": {"n_search_scales": 12, "n_generation_scales": 4, "max_new_tokens": 20},
-            },
-            "tiny": {
-                "n_latents": 3,
-                "n_tokens": 2048,
-                "ctx_len": 65,
-                "window": 16,
-                "reservoir": 40,
-                "n_pool": 60,
-                "n_test": 10,
-                "n_random": 10,
-                "n_quantiles": 5,
-                "explain": {
-                    "n_search_scales": 4,
-                    "n_generation_scales": 2,
-                    "max_new_tokens": 6,
-                    "rep_hook": "blocks.1.hook_resid_pre",
-                    "probe_hook": "blocks.3.hook_resid_pre",
-                },
-            },
+            "demo": {"n_latents": 6, "n_tokens": 16_384, "reservoir": 200, "n_pool": 400, "n_test": 20,
+                     "n_random": 20, "explain": DEMO_EXPLAIN},
+            "tiny": {"n_latents": 3, "n_tokens": 2048, "ctx_len": 65, "window": 16, "reservoir": 40, "n_pool": 60,
+                     "n_test": 10, "n_random": 10, "n_quantiles": 5, "explain": TINY_EXPLAIN},
         },
         report=report,
     )

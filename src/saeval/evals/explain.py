@@ -23,6 +23,7 @@ import html
 import random
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Literal
 
 import numpy as np
 import torch
@@ -52,6 +53,7 @@ class ExplainConfig(EvalConfig):
     max_scale: float = 200.0
     n_search_scales: int = 64
     n_generation_scales: int = 32
+    generation_scales: Literal["grid", "best"] = "grid"  # grid: linspace(min, max) as in the paper
     generations_per_scale: int = 1
     max_new_tokens: int = 64
     temperature: float = 1.0
@@ -94,23 +96,17 @@ class SelfExplanation(BaseModel):
 
 
 def probe_hook_for(host, config: ExplainConfig) -> str:
-    return (
-        config.probe_hook or f"blocks.{min(host.n_layers - 1, round(16 / 18 * host.n_layers))}.hook_resid_pre"
-    )
+    return config.probe_hook or f"blocks.{min(host.n_layers - 1, round(16 / 18 * host.n_layers))}.hook_resid_pre"
 
 
 def build_prompt(host, template: str) -> tuple[list[int], list[int]]:
     """Token ids of the chat prompt and the positions of its placeholder tokens."""
     if template not in TEMPLATES:
-        raise SaevalError(
-            f"unknown self-explanation template {template!r}; use one of {', '.join(TEMPLATES)}"
-        )
+        raise SaevalError(f"unknown self-explanation template {template!r}; use one of {', '.join(TEMPLATES)}")
     user, reply = TEMPLATES[template]
     tok = host.tokenizer
     if tok.chat_template:
-        text = tok.apply_chat_template(
-            [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
-        )
+        text = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
         ids = tok(text + reply, add_special_tokens=False)["input_ids"]
     else:  # base models: plain text after BOS
         ids = [host.bos_id] + tok(f"{user}\n{reply}", add_special_tokens=False)["input_ids"]
@@ -140,9 +136,7 @@ def unit_decoder_rows(sae, latents: Sequence[int]) -> Tensor:
     bad = [f for f in latents if not 0 <= int(f) < sae.d_sae]
     if bad:
         raise SaevalError(f"latent index {bad[0]} is out of range for SAE {sae.name} with d_sae={sae.d_sae}")
-    return F.normalize(
-        sae.W_dec.detach().float()[torch.tensor([int(f) for f in latents], dtype=torch.long)], dim=-1
-    )
+    return F.normalize(sae.W_dec.detach().float()[torch.tensor([int(f) for f in latents], dtype=torch.long)], dim=-1)
 
 
 def _minmax(x: np.ndarray) -> np.ndarray:
@@ -274,6 +268,24 @@ def generate_with_vectors(
     return texts
 
 
+def ranking_metric(sweep: ScaleSweep, alpha: float) -> np.ndarray:
+    """alpha * minmax(self-similarity) - (1 - alpha) * minmax(cross-entropy), per search scale."""
+    return alpha * _minmax(np.array(sweep.selfsim)) - (1 - alpha) * _minmax(np.array(sweep.crossent))
+
+
+def generation_scales(sweep: ScaleSweep, metric: np.ndarray, config: ExplainConfig) -> list[float]:
+    """ "grid": the paper's fixed grid; "best": the chosen scale, then the best-ranked other search scales
+    (scale 0, no injection, excluded) -- a small generation budget is then spent where explanations are."""
+    n = config.n_generation_scales
+    if config.generation_scales == "grid":
+        return [float(s) for s in np.linspace(config.min_scale, config.max_scale, n)]
+    scales = np.array(sweep.scales)
+    order = [int(j) for j in np.argsort(-metric, kind="stable") if scales[j] > 0]
+    chosen = [sweep.chosen_scale] if sweep.chosen_scale > 0 else []
+    rest = [float(scales[j]) for j in order if float(scales[j]) not in chosen]
+    return (chosen + rest)[:n]
+
+
 def self_explain(
     host, sae, latents: Sequence[int], config: ExplainConfig, seed: int = 0, progress: str | None = None
 ) -> list[SelfExplanation]:
@@ -281,9 +293,7 @@ def self_explain(
     latents = [int(f) for f in latents]
     dirs = unit_decoder_rows(sae, latents)
     if dirs.shape[1] != host.d_model:
-        raise SaevalError(
-            f"SAE {sae.name} has d_in={dirs.shape[1]} but {host.name} has d_model={host.d_model}"
-        )
+        raise SaevalError(f"SAE {sae.name} has d_in={dirs.shape[1]} but {host.name} has d_model={host.d_model}")
     # Sweep in groups of latents so the progress bar moves and memory stays bounded.
     group = max(1, config.batch_size * 4 // max(config.n_search_scales, 1))
     sweeps: list[ScaleSweep] = []
@@ -291,11 +301,11 @@ def self_explain(
     for g in track(groups, progress or f"self-explanation sweep {sae.name}", total=len(groups)):
         sweeps += scale_sweep(host, dirs[g : g + group], config)
     ids, positions = build_prompt(host, config.template)
-    gen_scales = np.linspace(config.min_scale, config.max_scale, config.n_generation_scales)
+    metrics = [ranking_metric(sw, config.alpha) for sw in sweeps]
     jobs = [
-        (i, float(s))
+        (i, s)
         for i in range(len(latents))
-        for s in gen_scales
+        for s in generation_scales(sweeps[i], metrics[i], config)
         for _ in range(config.generations_per_scale)
     ]
     vectors = torch.stack([s * dirs[i] for i, s in jobs]) if jobs else torch.zeros(0, host.d_model)
@@ -316,11 +326,7 @@ def self_explain(
     )
     results = []
     for i, f in enumerate(latents):
-        sw = sweeps[i]
-        scales = np.array(sw.scales)
-        metric = config.alpha * _minmax(np.array(sw.selfsim)) - (1 - config.alpha) * _minmax(
-            np.array(sw.crossent)
-        )
+        scales, metric = np.array(sweeps[i].scales), metrics[i]
         gens = []
         for (j, s), text in zip(jobs, texts, strict=True):
             if j == i:
@@ -333,8 +339,30 @@ def self_explain(
                 best.append(g.explanation)
             if len(best) == config.n_best:
                 break
-        results.append(SelfExplanation(latent=f, sweep=sw, generations=gens, best=best))
+        results.append(SelfExplanation(latent=f, sweep=sweeps[i], generations=gens, best=best))
     return results
+
+
+def memo_self_explain(ctx: EvalContext, sae, latents: Sequence[int], config: ExplainConfig) -> list[SelfExplanation]:
+    """self_explain through the run's memo: the embedding_score and self_explanation evals of one run share
+    the explanations of the latents they both study (same config apart from the latent choice)."""
+    key = ("self_explain", sae.name, config.model_dump_json(exclude={"latents", "n_latents"}), ctx.seed)
+    memo: dict[int, SelfExplanation] = ctx.memo.setdefault(key, {})
+    missing = [int(f) for f in latents if int(f) not in memo]
+    if missing:
+        memo.update({e.latent: e for e in self_explain(ctx.host, sae, missing, config, seed=ctx.seed)})
+    return [memo[int(f)] for f in latents]
+
+
+# Preset sizes shared with the embedding_score eval, so that one run computes each explanation once (memo).
+DEMO_EXPLAIN = {"n_search_scales": 12, "n_generation_scales": 3, "generation_scales": "best", "max_new_tokens": 12}
+TINY_EXPLAIN = {
+    "n_search_scales": 4,
+    "n_generation_scales": 2,
+    "max_new_tokens": 6,
+    "rep_hook": "blocks.1.hook_resid_pre",
+    "probe_hook": "blocks.3.hook_resid_pre",
+}
 
 
 # ---------------------------------------------------------------------------------------------- the eval
@@ -370,10 +398,8 @@ def pick_latents(ctx: EvalContext, sae, n: int, seed: int) -> list[int]:
 
 def run(ctx: EvalContext, sae, config: ExplainConfig) -> ExplainResult:
     host = ctx.host
-    latents = (
-        config.latents if config.latents is not None else pick_latents(ctx, sae, config.n_latents, ctx.seed)
-    )
-    found = self_explain(host, sae, latents, config, seed=ctx.seed)
+    latents = config.latents if config.latents is not None else pick_latents(ctx, sae, config.n_latents, ctx.seed)
+    found = memo_self_explain(ctx, sae, latents, config)
     ids, _ = build_prompt(host, config.template)
     sweeps = [e.sweep for e in found]
     n = max(len(found), 1)
@@ -418,9 +444,7 @@ def report(records: list[dict]) -> str:
         rows = []
         for e in rec["details"]["explanations"][:12]:
             sw = e["sweep"]
-            fig.add_trace(
-                go.Scatter(x=sw["scales"], y=sw["selfsim"], mode="lines", name=f"latent {e['latent']}")
-            )
+            fig.add_trace(go.Scatter(x=sw["scales"], y=sw["selfsim"], mode="lines", name=f"latent {e['latent']}"))
             rows.append(
                 f"<tr><td>{e['latent']}</td><td>{sw['chosen_scale']:.1f}</td><td>{sw['max_selfsim']:.3f}"
                 f"</td><td>{'yes' if sw['failed'] else ''}</td>"
@@ -446,17 +470,7 @@ SPEC = register_eval(
         run=run,
         description="self-explanation by placeholder replacement: scale sweep (self-similarity, entropy), "
         "failure flag, batched generations",
-        presets={
-            "demo": {"n_latents": 6, "n_search_scales": 12, "n_generation_scales": 4, "max_new_tokens": 20},
-            "tiny": {
-                "n_latents": 2,
-                "n_search_scales": 4,
-                "n_generation_scales": 2,
-                "max_new_tokens": 6,
-                "rep_hook": "blocks.1.hook_resid_pre",
-                "probe_hook": "blocks.3.hook_resid_pre",
-            },
-        },
+        presets={"demo": {"n_latents": 6, **DEMO_EXPLAIN}, "tiny": {"n_latents": 2, **TINY_EXPLAIN}},
         report=report,
     )
 )
