@@ -84,6 +84,14 @@ def test_bad_inputs(tiny_host, pair):
         run_case_study(tiny_host, a, other, case_study_config("tiny"))
     with pytest.raises(SaevalError, match="preset"):
         case_study_config("huge")
+    from typer.testing import CliRunner
+
+    from saeval.cli import app
+
+    result = CliRunner().invoke(app, ["case-study", "--sae", "only-one"])
+    assert result.exit_code == 1 and "exactly two --sae" in result.output
+    result = CliRunner().invoke(app, ["case-study", "--preset", "huge"])
+    assert result.exit_code == 1 and "no preset" in result.output
 
 
 def test_cross_data_metrics_known_answers(tiny_host):

@@ -330,17 +330,17 @@ def case_study(
     console = Console(stderr=True)
     try:
         config = case_study_config(preset, top=top, explainer=explainer)
+        if sae and len(sae) != 2:
+            raise SaevalError(f"give exactly two --sae folders (got {len(sae)}), or none for the demo SAEs")
         host = LanguageHost.load(model)
-        if not sae:
-            from saeval.demo import demo_saes
-
-            saes = demo_saes(host)
-        elif len(sae) == 2:
+        if sae:
             from saeval.saes.formats import load_sae
 
             saes = [load_sae(p) for p in sae]
         else:
-            raise SaevalError(f"give exactly two --sae folders (got {len(sae)}), or none for the demo SAEs")
+            from saeval.demo import demo_saes
+
+            saes = demo_saes(host)
         start = time.time()
         entries = run_case_study(host, saes[0], saes[1], config, corpus, hook, out, preset, seed)
     except SaevalError as err:
