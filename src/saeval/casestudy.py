@@ -27,6 +27,7 @@ from saeval.evals.embedding_score import (
     LatentScore,
     embedding_scores,
     explain_with_llm,
+    explaining_windows,
     load_embedding_model,
 )
 from saeval.evals.explain import ExplainConfig, SelfExplanation, self_explain
@@ -166,7 +167,9 @@ def run_case_study(
     for sae, win, lat, sx in ((sae_a, win_a, lat_a, sx_a), (sae_b, win_b, lat_b, sx_b)):
         expl = _explanations(host, sae, win, lat, config, sx)
         expl.update({f: "" for f in lat if f not in expl})
-        scores.append(embedding_scores(win, expl, host.tokenizer, model, emb, seed))
+        live = [f for f in lat if win.latents[f].fired]
+        shown = explaining_windows(win, live, emb.n_explain_windows) if config.explainer != "self" else {}
+        scores.append(embedding_scores(win, expl, host.tokenizer, model, emb, seed, shown))
     timings["embedding_score"] = time.time() - t
 
     entries = []

@@ -120,6 +120,11 @@ def marked_text(example: ActExample) -> str:
     return "".join(f"<<{t}>>" if a > 0 else t for t, a in zip(example.texts, example.acts, strict=True))
 
 
+def explaining_windows(windows: WindowsResult, latents: Sequence[int], n_windows: int = 10) -> dict[int, set[int]]:
+    """The windows ``explain_with_llm`` shows for each latent: its top ``n_windows`` by max activation."""
+    return {f: {windows.window_id(ex) for ex in windows.latents[f].max[:n_windows]} for f in latents}
+
+
 def explain_with_llm(
     windows: WindowsResult,
     latents: Sequence[int],
@@ -146,8 +151,12 @@ def embedding_scores(
     model,
     config: EmbeddingConfig,
     seed: int = 0,
+    explained: dict[int, set[int]] | None = None,
 ) -> dict[int, LatentScore]:
-    """AUROC per latent; windows are embedded once even when several latents use them."""
+    """AUROC per latent; windows are embedded once even when several latents use them.
+
+    ``explained``: per latent, the windows its explainer saw (excluded from scoring). Self-explanation sees
+    no window, so nothing is excluded then; an explainer LLM sees ``explaining_windows``."""
     rng = random.Random(seed)
     plan: dict[int, tuple[list[int], list[int], str]] = {}
     for f, explanation in explanations.items():
@@ -157,7 +166,7 @@ def embedding_scores(
         if not lw.fired:
             plan[f] = ([], [], "latent never fired on the scanned corpus")
             continue
-        shown = windows.explained_ids(f)
+        shown = (explained or {}).get(f, set())
         held_out = [(w, m) for w, m in windows.reservoir.get(f, []) if w not in shown]
         act = quantile_sample(held_out, config.n_quantiles, config.n_test, rng)
         zero = [w for w, m in zip(windows.pool_ids, windows.pool_max.get(f, []), strict=True) if m == 0]
@@ -268,7 +277,8 @@ def run(ctx: EvalContext, sae, config: EmbeddingConfig) -> EmbeddingResult:
         explanations.update(get_explanations(ctx, sae, windows, missing, config))
     explanations.update({f: "" for f in windows.never_fired})
     model = load_embedding_model(config.embedding_model)
-    scores = embedding_scores(windows, explanations, host.tokenizer, model, config, ctx.seed)
+    shown = explaining_windows(windows, live, config.n_explain_windows) if config.explainer != "self" else {}
+    scores = embedding_scores(windows, explanations, host.tokenizer, model, config, ctx.seed, shown)
     ordered = [scores[f] for f in latents]
     aurocs = [s.auroc for s in ordered if s.auroc is not None]
     metrics = EmbeddingMetrics(
