@@ -200,9 +200,9 @@ def steer_sweep(
     total_weight = float(sum(p.weight_BP.sum() for p in prefixed))
     if total_weight == 0:
         raise SaevalError("no readout position holds an ordinary token: use longer prompts")
-    base_mean = (
-        sum((p.base_probs_BPV * p.weight_BP[..., None]).sum((0, 1)).double() for p in prefixed) / total_weight
-    )
+    base_mean = torch.stack(
+        [(p.base_probs_BPV * p.weight_BP[..., None]).sum((0, 1)).double() for p in prefixed]
+    ).sum(0) / total_weight
     seconds_prefix = time.time() - start
     dirs_FD = (sae.W_dec.detach()[lat] / sae.cfg.act_scale).float()
     s_K = torch.tensor(strengths, device=dirs_FD.device)

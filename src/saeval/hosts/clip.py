@@ -52,7 +52,7 @@ def _sliced(owner: nn.Module, attr: str, start: int, stop: int) -> Iterator[None
 class _HFBackend:
     """transformers ``CLIPModel``: embeddings, pre_layrnorm, encoder.layers, post_layernorm(CLS), proj."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any):
+    def __init__(self, model: Any, tokenizer: Any):
         self.model, self.tokenizer = model, tokenizer
         self.vision = model.vision_model
         self.n_layers = len(self.vision.encoder.layers)
@@ -102,7 +102,7 @@ class _HFBackend:
 class _OpenCLIPBackend:
     """open_clip ``CLIP``: visual.{conv1 ... ln_pre}, visual.transformer.resblocks, ln_post/pool, proj."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any):
+    def __init__(self, model: Any, tokenizer: Any):
         self.model, self.tokenizer = model, tokenizer
         self.visual = model.visual
         self.transformer = self.visual.transformer
@@ -229,8 +229,9 @@ class CLIPHost:
 
         path = Path(name_or_path)
         try:
-            model = CLIPModel.from_pretrained(path if path.exists() else name_or_path, dtype=torch.float32)
-            tokenizer = AutoTokenizer.from_pretrained(path if path.exists() else name_or_path)
+            source = str(path) if path.exists() else name_or_path
+            model = CLIPModel.from_pretrained(source, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(source)
         except (OSError, ValueError) as err:
             raise SaevalError(
                 f"cannot load CLIP model {name_or_path!r} ({str(err).splitlines()[0]}); give a local "
@@ -241,7 +242,8 @@ class CLIPHost:
         if processor_cfg.exists():
             cfg = json.loads(processor_cfg.read_text())
             mean, std = cfg.get("image_mean", mean), cfg.get("image_std", std)
-        return cls.from_hf(model.to(device), tokenizer, name_or_path, mean, std)
+        model.to(device)  # in place for modules
+        return cls.from_hf(model, tokenizer, name_or_path, mean, std)
 
     @classmethod
     def _load_open_clip(cls, spec: str, device: str) -> CLIPHost:
