@@ -242,7 +242,7 @@ class CLIPHost:
         if processor_cfg.exists():
             cfg = json.loads(processor_cfg.read_text())
             mean, std = cfg.get("image_mean", mean), cfg.get("image_std", std)
-        model.to(device)  # in place for modules
+        model.to(device)  # type: ignore[arg-type]  # (in place for modules)
         return cls.from_hf(model, tokenizer, name_or_path, mean, std)
 
     @classmethod
