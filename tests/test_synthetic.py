@@ -229,9 +229,12 @@ def test_bad_inputs_raise_clear_errors(tiny_host):
 @pytest.fixture(scope="module")
 def tiny_runs(tiny_host, tmp_path_factory):
     out = tmp_path_factory.mktemp("synthetic")
-    sae = random_sae()
+    sae, other = random_sae(), random_sae(seed=1, name="rand-b")
     cfg = SPEC.config("tiny")
-    first = run(EvalContext(host=tiny_host, hook=HOOK, corpus="sotu", preset="tiny", out_dir=out), sae, cfg)
+    shared_ctx = EvalContext(host=tiny_host, hook=HOOK, corpus="sotu", preset="tiny", out_dir=out)
+    first = run(shared_ctx, sae, cfg)
+    other_shared = run(shared_ctx, other, cfg)  # reuses the first run's prompts and SAE-free curves
+    other_fresh = run(EvalContext(host=tiny_host, hook=HOOK, corpus="sotu", preset="tiny"), other, cfg)
     # A core result with planted densities: latents 0..99 dead, the rest live.
     density = [0.0] * 100 + [0.01] * 156
     core = {"eval": "core", "sae": first.sae.model_dump(), "preset": "tiny", "config": {}, "metrics": {},
@@ -240,11 +243,11 @@ def tiny_runs(tiny_host, tmp_path_factory):
     (out / sae.name / "core.json").write_text(json.dumps(core))
     second = run(EvalContext(host=tiny_host, hook=HOOK, corpus="sotu", preset="tiny", out_dir=out), sae, cfg)
     third = run(EvalContext(host=tiny_host, hook=HOOK, corpus="sotu", preset="tiny", out_dir=out), sae, cfg)
-    return first, second, third, out
+    return first, second, third, out, other_shared, other_fresh
 
 
 def test_tiny_run_is_deterministic_and_reuses_core_densities(tiny_runs):
-    first, second, third, _ = tiny_runs
+    first, second, third, *_ = tiny_runs
     assert first.details.density_source == "corpus pass"
     assert second.details.density_source == "core" and second.details.n_live_latents == 156
     strip = {"created_at", "seconds"}
@@ -255,6 +258,12 @@ def test_tiny_run_is_deterministic_and_reuses_core_densities(tiny_runs):
         assert all(len(v) == n and all(0 <= x <= 99 for x in v) for v in stats.per_sample.values())
     assert d.plateau is not None and d.plateau_threshold == pytest.approx(0.1 * d.final_resid_norm_median)
     assert d.step_size == pytest.approx(d.median_real_distance / 100)  # "auto" in the tiny preset
+
+
+def test_memo_shared_across_saes_changes_nothing(tiny_runs):
+    *_, other_shared, other_fresh = tiny_runs
+    strip = {"created_at", "seconds"}
+    assert other_shared.model_dump(exclude=strip) == other_fresh.model_dump(exclude=strip)
 
 
 def test_synthetic_latents_are_live_unused_and_keep_the_values():
@@ -274,7 +283,7 @@ def test_synthetic_latents_are_live_unused_and_keep_the_values():
 
 
 def test_report_section_renders(tiny_runs):
-    first, _, _, out = tiny_runs
+    first, _, _, out, *_ = tiny_runs
     path = write_result(out, first)
     html = report_section([json.loads(path.read_text())])
     assert "MS step (L2) CDF" in html and "plateau" in html and first.sae.name in html

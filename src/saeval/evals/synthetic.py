@@ -245,6 +245,32 @@ class LastPositionRunner:
         return captures[self.read_hook][0][:, -1].float(), logits[:, -1].float()
 
 
+SAE_FREE = ("real", "random", "final_norm")  # per-sample curves that do not depend on the SAE
+
+
+def sample_curves(runner: LastPositionRunner, base_D: Tensor, targets: dict[str, Tensor],
+                  plateau_ends: dict[str, Tensor], kinds: tuple[str, ...], step: float, n_steps: int,
+                  batch_rows: int) -> dict:
+    """One prepared prompt: {type: {"abs"/"rel": (l2, kl), "plateau": l2}} for the given targets, and the
+    final residual norm of the unperturbed base under "final_norm"."""
+    keys = [(t, kind) for t in targets for kind in kinds]
+    curves = [(0, (absolute_steps(base_D, targets[t], step, n_steps) if kind == "abs"
+                   else relative_steps(base_D, targets[t], n_steps))[1:]) for t, kind in keys]
+    l2s, kls, ref_final = curve_values(runner, base_D[None], curves, batch_rows)
+    out: dict = {t: {} for t in targets}
+    out["final_norm"] = float(ref_final[0].norm())
+    for (t, kind), l2, kl in zip(keys, l2s, kls, strict=True):
+        out[t][kind] = (l2, kl)
+    if plateau_ends:  # start at the target, move towards a fresh Gaussian sample; L2 only (no unembedding)
+        names = list(plateau_ends)
+        starts = torch.stack([targets[t] for t in names])
+        curves = [(j, absolute_steps(targets[t], plateau_ends[t], step, n_steps)[1:]) for j, t in enumerate(names)]
+        l2s, _, _ = curve_values(runner, starts, curves, batch_rows, kl_too=False)
+        for t, l2 in zip(names, l2s, strict=True):
+            out[t]["plateau"] = l2
+    return out
+
+
 def curve_values(runner: LastPositionRunner, starts_SD: Tensor, curves: list[tuple[int, Tensor]],
                  batch_rows: int, kl_too: bool = True) -> tuple[list[Tensor], list[Tensor], Tensor]:
     """L2 of the final residual and KL(start || perturbed) of the next-token distribution along each curve.
@@ -456,7 +482,6 @@ def run(ctx: EvalContext, sae, config: SyntheticConfig) -> SyntheticResult:
         warnings += _check_fast_path(runner, contexts[0:1], base[0])
 
     kinds = ("abs", "rel") if config.relative else ("abs",)
-    keys = [(t, kind) for t in TARGET_TYPES for kind in kinds]
     # MS steps: L2 and KL along absolute steps, and along the relative interpolation (suffix r).
     ms: dict[str, dict[str, list[float]]] = {
         s: {t: [] for t in TARGET_TYPES} for s in ("l2", "kl", "l2r", "klr")[: 2 * len(kinds)]}
@@ -464,33 +489,37 @@ def run(ctx: EvalContext, sae, config: SyntheticConfig) -> SyntheticResult:
     plateau_curves: dict[str, list[Tensor]] = {t: [] for t in plateau_types}
     examples: dict[str, dict[str, list[list[float]]]] = {t: {"l2": [], "kl": [], "plateau_l2": []}
                                                          for t in TARGET_TYPES}
+    # Real and random targets do not depend on the SAE: the next SAE at this hook reuses their curves.
+    shared_key = ("synthetic-curves", host.name, hook, ctx.corpus, ctx.seed, config.prompt_len, n, config.n_fit,
+                  n_steps, step, config.relative, config.plateau)
+    shared: dict[int, dict] = ctx.memo.setdefault(shared_key, {})
     final_norms, at_end = [], 0
     for i in track(range(n), f"synthetic {sae.name}: perturbations", n):
+        cached = shared.get(i, {})
         runner.prepare(contexts[i : i + 1])
-        curves = [(0, (absolute_steps(base[i], targets[t][i], step, n_steps) if kind == "abs"
-                       else relative_steps(base[i], targets[t][i], n_steps))[1:]) for t, kind in keys]
-        l2s, kls, ref_final = curve_values(runner, base[i][None], curves, config.batch_rows)
-        final_norms.append(float(ref_final[0].norm()))
-        for (t, kind), l2, kl in zip(keys, l2s, kls, strict=True):
-            for stat, curve in (("l2", l2), ("kl", kl)):
-                idx = max_slope_step(curve, config.slope_floor, no_blowup=-1)
-                if kind == "abs" and stat == "l2":
-                    no_blowup[t] += idx < 0
-                    at_end += t == "real" and len(curve) == n_steps and idx == n_steps - 1
-                ms[stat + ("" if kind == "abs" else "r")][t].append(
-                    float(GRID_MAX) if idx < 0 else _grid(idx, n_steps))
-            if kind == "abs" and i < config.n_examples:
-                examples[t]["l2"].append(_short(l2))
-                examples[t]["kl"].append(_short(kl))
-        if plateau_types:  # L2 only: no unembedding needed
-            starts = torch.stack([targets[t][i] for t in plateau_types])
-            curves = [(j, absolute_steps(targets[t][i], ends[t][i], step, n_steps)[1:])
-                      for j, t in enumerate(plateau_types)]
-            l2s, _, _ = curve_values(runner, starts, curves, config.batch_rows, kl_too=False)
-            for t, l2 in zip(plateau_types, l2s, strict=True):
-                plateau_curves[t].append(l2)
+        fresh = sample_curves(runner, base[i], {t: targets[t][i] for t in TARGET_TYPES if t not in cached},
+                              {t: ends[t][i] for t in plateau_types if t not in cached}, kinds, step, n_steps,
+                              config.batch_rows)
+        shared[i] = {t: fresh[t] for t in SAE_FREE if t in fresh} | cached
+        curves = cached | fresh
+        final_norms.append(curves["final_norm"])
+        for t in TARGET_TYPES:
+            for kind in kinds:
+                l2, kl = curves[t][kind]
+                for stat, curve in (("l2", l2), ("kl", kl)):
+                    idx = max_slope_step(curve, config.slope_floor, no_blowup=-1)
+                    if kind == "abs" and stat == "l2":
+                        no_blowup[t] += idx < 0
+                        at_end += t == "real" and len(curve) == n_steps and idx == n_steps - 1
+                    ms[stat + ("" if kind == "abs" else "r")][t].append(
+                        float(GRID_MAX) if idx < 0 else _grid(idx, n_steps))
+            if i < config.n_examples:
+                examples[t]["l2"].append(_short(curves[t]["abs"][0]))
+                examples[t]["kl"].append(_short(curves[t]["abs"][1]))
+            if t in plateau_types:
+                plateau_curves[t].append(curves[t]["plateau"])
                 if i < config.n_examples:
-                    examples[t]["plateau_l2"].append(_short(l2))
+                    examples[t]["plateau_l2"].append(_short(curves[t]["plateau"]))
 
     if at_end > n / 2:  # a convex curve rises fastest at its end: the blow-up lies beyond the span
         warnings.append(f"{at_end} of {n} real-target L2 curves rise fastest at their last step: "
