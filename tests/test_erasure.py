@@ -4,12 +4,11 @@ activations, probes and example draws; planted latents found and erased; eval ru
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-
-from types import SimpleNamespace
 
 from saeval.data.labeled import ErasureTask
 from saeval.errors import SaevalError
@@ -361,6 +360,25 @@ def test_shift_ablates_exactly_the_latents_judged_spurious(tmp_path, smollm2_tok
     assert [j["error"] for j in detail["judgements"] if j["verdict"] == "failed"] == ["endpoint down"]
 
 
+def test_shift_hands_self_explanations_to_the_judge(tiny_host):
+    from saeval.evals.explain import TINY_EXPLAIN
+
+    ctx = EvalContext(host=tiny_host, hook="blocks.1.hook_resid_post", preset="tiny")
+    sae = random_topk_sae(d_sae=64, d_in=tiny_host.d_model)
+    seen = []
+
+    class Recording(ScriptedJudge):
+        def judge(self, evidence, question):
+            seen.extend(evidence)
+            return super().judge(evidence, question)
+
+    config = shift.SPEC.config("tiny", self_explanation=True, self_explanation_config=TINY_EXPLAIN, n_candidates=2,
+                               n_values=[2])
+    shift.run_pair(ctx, sae, scr.pair_setups(ctx, config)[0], config, Recording(set()), {}, {})
+    assert len(seen) == 2 and all(item.self_explanation is None or item.self_explanation.strip() for item in seen)
+    assert ("self_explain", sae.name) == next(k for k in ctx.memo if k[0] == "self_explain")[:2]
+
+
 def test_shift_run_reports_failed_judgements_as_null_score(tmp_path, tiny_host, monkeypatch):
     monkeypatch.setattr(shift, "make_judge", lambda spec, host=None: ScriptedJudge(set(), first_fails=True))
     ctx = EvalContext(host=tiny_host, hook="blocks.1.hook_resid_post", preset="tiny")
@@ -405,3 +423,19 @@ def test_bad_config_is_a_clear_error(tmp_path, tiny_host):
         tpp.run(ctx, sae, tpp.SPEC.config("tiny", train_set_size=40_000))
     with pytest.raises(SaevalError, match="n_evidence"):
         shift.run(ctx, sae, shift.SPEC.config("tiny", n_evidence=50))
+
+
+# ---------------------------------------------------------------------------------- the real SmolLM2
+@pytest.mark.smollm2
+def test_offline_scr_set_is_not_degenerate_on_smollm2(smollm2):
+    """On SmolLM2 at the demo hook, both attributes of the offline two-attribute set are decodable (oracles
+    well above chance) and the perfectly biased probe leans on one of them (unequal accuracies)."""
+    config = scr.SCRConfig(datasets=["wordnet-pos"], pairs={"wordnet-pos": [("cognition", "body")]},
+                           train_set_size=160, test_set_size=80, ctx_len=24, sink_ratio=10.0, seeds=[0],
+                           probe=ProbeConfig(lr=1e-2))
+    ctx = EvalContext(host=smollm2, hook="blocks.15.hook_resid_post")
+    (setup,) = scr.pair_setups(ctx, config)
+    check = scr.sanity(setup)["per_seed"][0]
+    assert check["oracle_c1"] > 0.7 and check["oracle_c2"] > 0.7
+    assert abs(check["biased_on_c1"] - check["biased_on_c2"]) > 0.05
+    assert check["biased_on_biased"] > 0.85

@@ -1,7 +1,7 @@
 """Explainers and judges for SHIFT: does a latent concern the spurious attribute?
 
-The explainer turns a latent's top activating windows into a short explanation (any chat model, or "none":
-the windows themselves). Judges:
+The explainer turns a latent's top activating windows into a short explanation: any chat model, "tokens" (the
+list of most active words, no model) or "none" (the windows themselves). Judges:
 * ``llm:local`` / ``llm:local:MODEL``: a local instruct model answering Yes/No; constrained to those two
   answers by comparing their next-token probabilities, so a small model cannot answer garbage.
 * ``llm:openai:MODEL@BASE_URL``: any OpenAI-compatible endpoint (key from OPENAI_API_KEY); the reply must
@@ -32,6 +32,7 @@ class LatentEvidence(BaseModel):
     max_activations: list[float]
     explanation: str | None = None
     explanation_error: str | None = None
+    self_explanation: str | None = None  # the model describing the latent's decoder direction (explain.py)
 
 
 class Question(BaseModel):
@@ -75,6 +76,12 @@ def explain(explainer: str, evidence: list[LatentEvidence], host=None, max_new_t
         for item in evidence:
             item.explanation = " | ".join(item.windows)
         return "none (the windows themselves)"
+    if explainer == "tokens":
+        for item in evidence:
+            words = list(dict.fromkeys(w.strip() for w in re.findall(r"«(.*?)»", " ".join(item.windows))))
+            item.explanation = f"most active on the words: {', '.join(words)}" if words else None
+            item.explanation_error = None if words else "the latent never fired on the examples"
+        return "tokens (the most active words, no model)"
     model: ChatModel = chat_model(explainer, host)
     prompts = [EXPLAIN_PROMPT.format(windows=numbered(item.windows)) for item in evidence]
     try:
@@ -112,6 +119,8 @@ class LLMJudge:
 
     def prompt(self, item: LatentEvidence, question: Question) -> str:
         explanation = f"A proposed explanation of the feature: {item.explanation}\n" if item.explanation else ""
+        if item.self_explanation:
+            explanation += f"What the model itself says the feature means: {item.self_explanation}\n"
         return JUDGE_PROMPT.format(windows=numbered(item.windows), explanation=explanation,
                                    spurious=question.spurious, target=question.target)
 
@@ -153,11 +162,12 @@ class EmbeddingJudge:
         self.margin = margin
 
     def judge(self, evidence: list[LatentEvidence], question: Question) -> list[Judgement]:
-        texts = [question.spurious, question.target] + [item.explanation or "" for item in evidence]
+        texts = [question.spurious, question.target] + [
+            "; ".join(t for t in (item.explanation, item.self_explanation) if t) for item in evidence]
         emb = self.encoder.encode(texts, normalize_embeddings=True, convert_to_tensor=True).float().cpu()
         out = []
         for item, e in zip(evidence, emb[2:], strict=True):
-            if not item.explanation:
+            if not (item.explanation or item.self_explanation):
                 out.append(Judgement(latent=item.latent, verdict="failed",
                                      error=f"no explanation to embed ({item.explanation_error or 'empty'})"))
                 continue

@@ -130,6 +130,8 @@ def load_labeled(spec: str, seed: int = 42) -> LabeledDataset:
         return _amazon(folder or None)
     if name == "wordnet":
         return wordnet_dataset(Path(folder) if folder else WORDNET_NOUNS, seed)
+    if name == "wordnet-pos":
+        return wordnet_pos_dataset(Path(folder) if folder else WORDNET_NOUNS.parent, seed)
     if name == "sotu":
         return sotu_dataset(seed)
     raise SaevalError(f"unknown labeled dataset {spec!r}: use {BIAS_IN_BIOS}, {AMAZON}, wordnet or sotu "
@@ -211,11 +213,11 @@ def _shuffled(rows: list[tuple], seed: int) -> list[tuple]:
     return [rows[i] for i in order]
 
 
-def wordnet_dataset(path: Path = WORDNET_NOUNS, seed: int = 42, test_fraction: float = 0.2) -> LabeledDataset:
-    """Noun glosses of five lexicographer categories; rows shuffled (seeded), a fifth of each class for test."""
+def wordnet_glosses(path: Path, keep: set[str]) -> dict[str, list[tuple[str, str]]]:
+    """(gloss, first lemma) per synset of the wanted lexicographer files, from a WordNet data.* file."""
     if not path.exists():
         raise SaevalError(f"{path} not found: install WordNet (Debian wordnet-base) or give wordnet=PATH")
-    by_class: dict[str, list[tuple]] = {c: [] for c in WORDNET_CLASSES}
+    out: dict[str, list[tuple[str, str]]] = {name: [] for name in keep}
     seen: set[str] = set()
     for line in path.read_text(errors="replace").splitlines():
         if line.startswith("  ") or " | " not in line:  # the licence header is indented
@@ -224,16 +226,28 @@ def wordnet_dataset(path: Path = WORDNET_NOUNS, seed: int = 42, test_fraction: f
         lexname = LEXNAMES[int(fields[1])]
         gloss = line.split(" | ", 1)[1].strip()
         # Very short glosses ("a kind of X") carry too little to classify; duplicates would leak across splits.
-        if lexname in by_class and len(gloss.split()) >= 4 and gloss not in seen:
+        if lexname in keep and len(gloss.split()) >= 4 and gloss not in seen:
             seen.add(gloss)
-            by_class[lexname].append((gloss, lexname, fields[4]))
+            out[lexname].append((gloss, fields[4]))
+    return out
+
+
+def _split_rows(groups: list[list[tuple]], seed: int, test_fraction: float) -> tuple[list[tuple], list[tuple]]:
+    """A seeded ``test_fraction`` of each group to test, the rest to train; both shuffled."""
     train_rows, test_rows = [], []
-    for rows in by_class.values():
+    for rows in groups:
         rows = _shuffled(rows, seed)
         n_test = int(len(rows) * test_fraction)
         test_rows += rows[:n_test]
         train_rows += rows[n_test:]
-    tables = [_table(_shuffled(rows, seed + 1), ["category", "lemma"]) for rows in (train_rows, test_rows)]
+    return _shuffled(train_rows, seed + 1), _shuffled(test_rows, seed + 1)
+
+
+def wordnet_dataset(path: Path = WORDNET_NOUNS, seed: int = 42, test_fraction: float = 0.2) -> LabeledDataset:
+    """Noun glosses of five lexicographer categories; rows shuffled (seeded), a fifth of each class for test."""
+    glosses = wordnet_glosses(path, set(WORDNET_CLASSES))
+    groups = [[(g, c, lemma) for g, lemma in glosses[c]] for c in WORDNET_CLASSES]
+    tables = [_table(rows, ["category", "lemma"]) for rows in _split_rows(groups, seed, test_fraction)]
     return LabeledDataset(
         name="wordnet", train=tables[0], test=tables[1],
         class_attr=Attribute("category", "the kind of thing a dictionary definition defines (animal, plant, food, "
@@ -243,7 +257,34 @@ def wordnet_dataset(path: Path = WORDNET_NOUNS, seed: int = 42, test_fraction: f
     )
 
 
-def sotu_dataset(seed: int = 42, passage_words: int = 40, test_fraction: float = 0.25) -> LabeledDataset:
+WORDNET_DOMAINS = ["communication", "possession", "cognition", "body"]
+
+
+def wordnet_pos_dataset(folder: Path = WORDNET_NOUNS.parent, seed: int = 42,
+                        test_fraction: float = 0.2) -> LabeledDataset:
+    """Two real attributes of WordNet glosses: the semantic domain (communication, possession, cognition,
+    body: lexicographer files that exist for nouns and verbs alike) and the part of speech (noun or verb)."""
+    groups = []
+    for pos in ("noun", "verb"):
+        glosses = wordnet_glosses(folder / f"data.{pos}", {f"{pos}.{d}" for d in WORDNET_DOMAINS})
+        groups += [[(g, d, pos, lemma) for g, lemma in glosses[f"{pos}.{d}"]] for d in WORDNET_DOMAINS]
+    tables = [_table(rows, ["domain", "pos", "lemma"]) for rows in _split_rows(groups, seed, test_fraction)]
+    return LabeledDataset(
+        name="wordnet-pos", train=tables[0], test=tables[1],
+        class_attr=Attribute("domain", "the meaning domain of the defined word: communication (speaking, writing, "
+                             "language) versus possession (owning, buying, selling, giving, money)",
+                             {d: d for d in WORDNET_DOMAINS}),
+        pair_attr=Attribute("pos", "the part of speech of the defined word: a noun (a thing or concept, defined as "
+                            "'a ...' or 'the ...') versus a verb (an action, defined as 'to do ...')",
+                            {"noun": "noun", "verb": "verb"}),
+        tpp_classes=list(WORDNET_DOMAINS), scr_pairs=[("communication", "possession"), ("cognition", "body")],
+        pair_values=("noun", "verb"),
+        notes="WordNet 3.0 noun and verb glosses of four lexicographer domains",
+    )
+
+
+def sotu_dataset(seed: int = 42, passage_words: int = 40, test_fraction: float = 0.25,
+                 split_by: str = "speech") -> LabeledDataset:
     """State of the Union passages of ``passage_words`` words by Republican and Democratic presidents.
 
     Attributes: party and era (before / from 1913). Whole speeches go to train or test (a quarter of each
@@ -260,15 +301,26 @@ def sotu_dataset(seed: int = 42, passage_words: int = 40, test_fraction: float =
         raise SaevalError(f"State of the Union corpus in {folder} lacks some party x era quadrant: rerun make assets")
     rng = np.random.default_rng(seed)
     train_rows, test_rows = [], []
+    if split_by not in ("speech", "passage"):
+        raise SaevalError(f"sotu split_by {split_by!r}: use speech or passage")
     for (party, era), records in sorted(speeches.items()):
         order = rng.permutation(len(records))
         n_test = max(1, round(len(records) * test_fraction))
+        quadrant = []
         for rank, i in enumerate(order):
             words = records[i]["text"].split()
             speech = f"{records[i]['year']} {records[i]['name']}"
             rows = [(" ".join(words[s : s + passage_words]), party, era, int(records[i]["year"]), speech)
                     for s in range(0, len(words) - passage_words + 1, passage_words)]
-            (test_rows if rank < n_test else train_rows).extend(rows)
+            if split_by == "speech":
+                (test_rows if rank < n_test else train_rows).extend(rows)
+            else:
+                quadrant += rows
+        if split_by == "passage":
+            quadrant = _shuffled(quadrant, seed + 2)
+            cut = round(len(quadrant) * test_fraction)
+            test_rows += quadrant[:cut]
+            train_rows += quadrant[cut:]
     columns = ["party", "era", "year", "speech"]
     tables = [_table(_shuffled(rows, seed + 1), columns) for rows in (train_rows, test_rows)]
     return LabeledDataset(

@@ -82,13 +82,13 @@ class ExampleActivations:
 
     @classmethod
     def build(cls, host, hook: str, texts: list[str], ctx_len: int, batch_size: int = 16,
-              shard_tokens: int = 65536, label: str = "") -> ExampleActivations:
+              shard_tokens: int = 65536, label: str = "", sink_ratio: float | None = None) -> ExampleActivations:
         """Run the model once over the texts (cached on disk by model weights, hook, ctx_len and texts)."""
         if ctx_len < 2:
             raise SaevalError(f"ctx_len {ctx_len} leaves no room after BOS; use at least 2")
         host.hook(hook)
         text_hash = hashlib.sha1("\x00".join(texts).encode()).hexdigest()
-        blob = f"{CACHE_VERSION}|{model_fingerprint(host)}|{hook}|{ctx_len}|{text_hash}"
+        blob = f"{CACHE_VERSION}|{model_fingerprint(host)}|{hook}|{ctx_len}|{text_hash}|{sink_ratio}"
         key = hashlib.sha1(blob.encode()).hexdigest()[:20]
         folder = cache_dir() / "erasure" / "acts" / key
         if (folder / "meta.json").exists():
@@ -108,11 +108,12 @@ class ExampleActivations:
             batches += [(hi, order[b : b + batch_size]) for b in range(0, hi - lo, batch_size)]
         done: dict[int, tuple[Tensor, Tensor]] = {}
         for hi, chunk in track(batches, f"activations {label or 'examples'} at {hook}"):
-            for e, acts_LD, tok_L in _forward(host, hook, [ids[i] for i in chunk], chunk):
+            for e, acts_LD, tok_L in _forward(host, hook, [ids[i] for i in chunk], chunk, sink_ratio):
                 done[e] = (acts_LD, tok_L)
             if all(e in done for e in range(writer.n_written, hi)):
                 writer.shard([done.pop(e) for e in range(writer.n_written, hi)])
-        meta = {"key": key, "model": host.name, "hook": hook, "d_model": host.d_model}
+        meta = {"key": key, "model": host.name, "hook": hook, "d_model": host.d_model, "sink_ratio": sink_ratio,
+                "n_dropped_sink_tokens": sum(len(r) - 1 for r in ids) - writer.offsets[-1]}
         return cls(writer.finish(meta))
 
     @classmethod
@@ -200,7 +201,7 @@ class _Writer:
         return self.folder
 
 
-def _forward(host, hook: str, rows: list[list[int]], ids: list[int]):
+def _forward(host, hook: str, rows: list[list[int]], ids: list[int], sink_ratio: float | None = None):
     width = max(map(len, rows))
     tokens = torch.full((len(rows), width), host.pad_id, dtype=torch.long)
     attn = torch.zeros((len(rows), width), dtype=torch.long)
@@ -212,7 +213,13 @@ def _forward(host, hook: str, rows: list[list[int]], ids: list[int]):
     check_finite(acts, f"{host.name} {hook}")
     mask = host.ordinary_mask(tokens, attn)
     for i, e in enumerate(ids):
-        yield e, acts[i][mask[i]], tokens[i][mask[i]]
+        keep = mask[i].clone()
+        if sink_ratio is not None:
+            # Attention sinks besides BOS (e.g. SmolLM2's first token after BOS, at times 50x the usual norm)
+            # would dominate the means and latent maxima: treat them like special tokens.
+            norms = acts[i].norm(dim=-1)
+            keep &= norms <= sink_ratio * norms[mask[i]].median()
+        yield e, acts[i][keep], tokens[i][keep]
 
 
 # ------------------------------------------------------------------------------------------------ probes
@@ -400,12 +407,13 @@ def accuracy_of(logits_N: Tensor, n_pos: int) -> float:
     return float(((logits_N > 0) == y).double().mean())
 
 
-def cached_activations(ctx, task, ctx_len: int, batch_size: int) -> ExampleActivations:
+def cached_activations(ctx, task, ctx_len: int, batch_size: int,
+                       sink_ratio: float | None = None) -> ExampleActivations:
     """The task's activations at the context's hook: built once per run (memo) and once ever (disk)."""
-    key = ("erasure-acts", ctx.hook, task.name, len(task.texts), hash(tuple(task.texts)), ctx_len)
+    key = ("erasure-acts", ctx.hook, task.name, len(task.texts), hash(tuple(task.texts)), ctx_len, sink_ratio)
     if key not in ctx.memo:
         ctx.memo[key] = ExampleActivations.build(ctx.host, ctx.hook, task.texts, ctx_len, batch_size,
-                                                 label=task.name)
+                                                 label=task.name, sink_ratio=sink_ratio)
     return ctx.memo[key]
 
 

@@ -62,6 +62,7 @@ class PairConfig(EvalConfig):
     probe: ProbeConfig = ProbeConfig()
     llm_batch_size: int = 16
     top_latents_recorded: int = 20
+    sink_ratio: float | None = None  # as TPPConfig.sink_ratio
 
 
 class SCRConfig(PairConfig):
@@ -140,7 +141,8 @@ def pair_setups(ctx: EvalContext, config: PairConfig) -> list[PairSetup]:
         ds = ctx.memo[key]
         for pair in pair_list(ds, config):
             skey = ("pair-setup", dataset, pair, config.train_set_size, config.test_set_size, config.ctx_len,
-                    config.mode, config.validation_fraction, tuple(config.seeds), config.probe.model_dump_json())
+                    config.mode, config.validation_fraction, tuple(config.seeds), config.probe.model_dump_json(),
+                    config.sink_ratio)
             if skey not in ctx.memo:
                 ctx.memo[skey] = build_setup(ctx, ds, pair, config)
             out.append(ctx.memo[skey])
@@ -150,7 +152,7 @@ def pair_setups(ctx: EvalContext, config: PairConfig) -> list[PairSetup]:
 def build_setup(ctx: EvalContext, ds: LabeledDataset, pair: tuple[Any, Any], config: PairConfig) -> PairSetup:
     start = time.time()
     task = scr_task(ds, pair, config.train_set_size, config.test_set_size)
-    acts = cached_activations(ctx, task, config.ctx_len, config.llm_batch_size)
+    acts = cached_activations(ctx, task, config.ctx_len, config.llm_batch_size, config.sink_ratio)
     probes = {s: fit_probes(acts, pair_specs(task, s, config.mode, config.validation_fraction), config.probe, s)
               for s in config.seeds}
     return make_setup(ds, task, acts, probes, time.time() - start)
@@ -308,7 +310,8 @@ def report(records: list[dict[str, Any]]) -> str:
 
 
 SCR_PRESETS = {
-    "demo": {"datasets": ["sotu"], "train_set_size": 320, "test_set_size": 160, "ctx_len": 48},
+    "demo": {"datasets": ["wordnet-pos"], "pairs": {"wordnet-pos": [("cognition", "body")]},
+             "train_set_size": 320, "test_set_size": 160, "ctx_len": 32, "sink_ratio": 10.0},
     "tiny": {"datasets": ["sotu"], "train_set_size": 40, "test_set_size": 20, "ctx_len": 16,
              "n_values": [2, 5, 10], "probe": {"epochs": 3}},
 }

@@ -48,11 +48,14 @@ class SHIFTConfig(PairConfig):
     n_evidence: int = 5
     window_before: int = 12
     window_after: int = 4
-    explainer: str = "local"  # chat model spec (local, local:MODEL, openai:MODEL@URL) or none
+    explainer: str = "local"  # chat model spec (local, local:MODEL, openai:MODEL@URL), tokens or none
     explain_max_tokens: int = 24
     judge: str = "llm:local"  # llm:local, llm:local:MODEL, llm:openai:MODEL@URL, embedding, embedding:PATH
     spurious: Literal["auto", "c1", "c2"] = "auto"
     max_failed_fraction: float = 0.0
+    # Also hand the judge each latent's self-explanation (evals/explain.py), with these ExplainConfig fields.
+    self_explanation: bool = False
+    self_explanation_config: dict[str, Any] = {}
 
 
 class SHIFTMetrics(BaseModel):
@@ -114,6 +117,15 @@ def evidence_for(sae, acts: ExampleActivations, run: PairSAE, latents: list[int]
     return out
 
 
+def add_self_explanations(ctx: EvalContext, sae, items: list[LatentEvidence], config: SHIFTConfig) -> None:
+    from saeval.evals.explain import ExplainConfig, memo_self_explain
+
+    found = memo_self_explain(ctx, sae, [item.latent for item in items],
+                              ExplainConfig(**config.self_explanation_config))
+    for item, selfx in zip(items, found, strict=True):
+        item.self_explanation = selfx.explanation or None
+
+
 def question_for(setup: PairSetup, spurious: str) -> Question:
     info, labels = setup.task.info, setup.task.labels
     target = "c1" if spurious == "c2" else "c2"
@@ -147,6 +159,8 @@ def run_pair(ctx: EvalContext, sae, setup: PairSetup, config: SHIFTConfig, judge
             started = time.time()
             items = evidence_for(sae, setup.acts, run, todo, run.effects[(s, "biased")], ctx.host.tokenizer, config)
             explain(config.explainer, items, ctx.host, config.explain_max_tokens)
+            if config.self_explanation:
+                add_self_explanations(ctx, sae, items, config)
             for item, verdict in zip(items, judge.judge(items, question_for(setup, spurious)), strict=True):
                 judged[(spurious, item.latent)] = (item, verdict)
             timing["judge"] = timing.get("judge", 0.0) + time.time() - started
@@ -213,7 +227,7 @@ def run(ctx: EvalContext, sae, config: SHIFTConfig) -> SHIFTResult:
     metrics.setdefault("judge_agreement_with_probes", None)
     for key in ("n_candidates", "n_judged_spurious", "n_failed_judgements"):
         metrics[key] = int(round(metrics[key] or 0))
-    explainer = config.explainer if config.explainer == "none" else f"chat model {config.explainer}"
+    explainer = config.explainer if config.explainer in ("none", "tokens") else f"chat model {config.explainer}"
     return SHIFTResult(
         eval="shift", sae=SAEInfo.of(sae), model=ctx.host.name, preset=ctx.preset, config=config,
         metrics=SHIFTMetrics(**metrics),
@@ -255,7 +269,11 @@ SPEC = register_eval(EvalSpec(
     description="SHIFT with an automated judge: ablate the biased probe's top latents judged to concern the "
                 "spurious attribute (Karvonen et al. 2024)",
     presets={
-        "demo": {"datasets": ["sotu"], "train_set_size": 320, "test_set_size": 160, "ctx_len": 48},
+        "demo": {"datasets": ["wordnet-pos"], "pairs": {"wordnet-pos": [("cognition", "body")]},
+             "train_set_size": 320, "test_set_size": 160, "ctx_len": 32, "sink_ratio": 10.0,
+             # SmolLM2-135M as judge agreed with the probe reference on 35% of demo candidates, the embedding
+             # judge on 70%, in a second instead of a minute or more: the demo uses the latter.
+             "explainer": "tokens", "judge": "embedding"},
         "tiny": {"datasets": ["sotu"], "train_set_size": 40, "test_set_size": 20, "ctx_len": 16,
                  "n_values": [2, 5], "n_candidates": 5, "n_evidence": 2, "explainer": "none",
                  "judge": "embedding", "probe": {"epochs": 3}},
