@@ -287,3 +287,27 @@ def test_report_section_renders(tiny_runs):
     path = write_result(out, first)
     html = report_section([json.loads(path.read_text())])
     assert "MS step (L2) CDF" in html and "plateau" in html and first.sae.name in html
+
+
+# ------------------------------------------------------------------------------------------ SmolLM2
+@pytest.mark.smollm2
+def test_smollm2_cached_runner_and_tiny_run(smollm2):
+    """On the real model: the cached single-position pass equals a full forward at the demo hook and at
+    the paper's early hook, and a tiny run regularises the Gaussian fitted to fewer prompts than d_model."""
+    tokens = torch.tensor([[smollm2.bos_id, *smollm2.tokenizer("The state of the union is strong")["input_ids"]]])
+    for hook in ("blocks.15.hook_resid_post", "blocks.1.hook_resid_pre"):
+        base = smollm2.capture(tokens, [hook])[hook][0, -1]
+        acts = base + 0.5 * base.norm() * F.normalize(torch.randn(3, base.shape[0]), dim=-1)
+        fast, full = LastPositionRunner(smollm2, hook), LastPositionRunner(smollm2, hook, fast=False)
+        fast.prepare(tokens)
+        full.prepare(tokens)
+        (f1, l1), (f2, l2) = fast.run(acts), full.run(acts)
+        assert torch.allclose(f1, f2, rtol=1e-3, atol=1e-2 * float(f2.abs().mean()))
+        assert torch.allclose(F.log_softmax(l1, -1), F.log_softmax(l2, -1), atol=1e-3)
+    hook = "blocks.15.hook_resid_post"
+    sae = random_sae(d_in=smollm2.d_model, d_sae=1024, k=16, hook=hook)
+    config = SPEC.config("tiny", n_samples=4, n_steps=6)
+    result = run(EvalContext(host=smollm2, hook=hook, corpus="sotu", preset="tiny"), sae, config)
+    warnings = " ".join(result.details.warnings)
+    assert "singular" in warnings and "cached" not in warnings  # 80 prompts < 576 dims; fast path agreed
+    assert result.details.step_size == pytest.approx(result.details.median_real_distance / 100)
