@@ -101,20 +101,25 @@ def cosine_matrix(W_a: Tensor, W_b: Tensor, chunk: int = 4096) -> np.ndarray:
     return out
 
 
-def topk_both_sides(W_a: Tensor, W_b: Tensor, k: int, chunk: int = 2048) -> tuple[Tensor, ...]:
-    """One chunked pass over C = A B^T: each row's top-k columns and each column's top-k rows.
+def topk_both_sides(
+    W_a: Tensor, W_b: Tensor, k: int, chunk: int = 2048, k_cols: int | None = None
+) -> tuple[Tensor, ...]:
+    """One chunked pass over C = A B^T: each row's top-k columns and each column's top-``k_cols`` rows.
 
-    Returns (row_val [n_a, k], row_idx, col_val [k, n_b], col_idx); col_val[0] holds each SAE-2 latent's
-    best cosine."""
+    Returns (row_val [n_a, k], row_idx, col_val [k_cols, n_b], col_idx); col_val[0] holds each SAE-2 latent's
+    best cosine (the top-1 ratio's input)."""
     A, B = unit_rows(W_a), unit_rows(W_b)
-    ka, kb = min(k, len(B)), min(k, len(A))
+    ka, kb = min(k, len(B)), min(k if k_cols is None else k_cols, len(A))
     row_val, row_idx = torch.empty(len(A), ka), torch.empty(len(A), ka, dtype=torch.long)
     col_val = torch.full((kb, len(B)), -torch.inf)
     col_idx = torch.zeros(kb, len(B), dtype=torch.long)
     for s in range(0, len(A), chunk):
         block = A[s : s + chunk] @ B.T  # [c, n_b]
         row_val[s : s + chunk], row_idx[s : s + chunk] = block.topk(ka, dim=1)
-        v, i = block.topk(min(kb, len(block)), dim=0)
+        if kb == 1:
+            v, i = block.max(dim=0, keepdim=True)
+        else:
+            v, i = block.topk(min(kb, len(block)), dim=0)
         merged_v = torch.cat([col_val, v])
         merged_i = torch.cat([col_idx, i + s])
         col_val, pos = merged_v.topk(kb, dim=0)
@@ -122,36 +127,35 @@ def topk_both_sides(W_a: Tensor, W_b: Tensor, k: int, chunk: int = 2048) -> tupl
     return row_val, row_idx, col_val, col_idx
 
 
-def _dense_assign(A: Tensor, B: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+# rows, cols, cosines, exact (provably optimal for the full problem), best cosine of each B row (or None)
+Assignment = tuple[np.ndarray, np.ndarray, np.ndarray, bool, np.ndarray | None]
+
+
+def _dense_assign(A: Tensor, B: Tensor) -> Assignment:
     C = cosine_matrix(A, B)
     r, c = linear_sum_assignment(C, maximize=True)
-    return r, c, C[r, c]
-
-
-Assignment = tuple[np.ndarray, np.ndarray, np.ndarray, bool]
+    return r, c, C[r, c], True, C.max(0)
 
 
 def _sparse_assign(A: Tensor, B: Tensor, k: int, dense_limit: int) -> Assignment:
     """Exact assignment on the top-k candidate graph, certified optimal for the dense problem when it matches
     every row of the smaller side through candidate edges (see the bound below)."""
     if len(A) > len(B):
-        c, r, s, ok = _sparse_assign(B, A, k, dense_limit)
-        return r, c, s, ok
+        c, r, s, ok, _ = _sparse_assign(B, A, k, dense_limit)
+        return r, c, s, ok, None
     n_a, n_b = len(A), len(B)
     A, B = unit_rows(A), unit_rows(B)
-    row_val, row_idx, _, col_idx = topk_both_sides(A, B, k + 1)
-    # A non-candidate pair (i, j) lies outside row i's top-k, so cos_ij <= bound_i, row i's (k+1)-th cosine.
+    row_val, row_idx, col_val, _ = topk_both_sides(A, B, k + 1, k_cols=1)
+    # A pair (i, j) outside row i's top-k has cos_ij <= bound_i, row i's (k+1)-th cosine.
     bound = row_val[:, -1].double().numpy() if row_val.shape[1] > k else np.full(n_a, -1.0)
-    row_idx, col_idx = row_idx[:, :k], col_idx[:k]
-    r = np.concatenate([np.repeat(np.arange(n_a), row_idx.shape[1]), col_idx.T.reshape(-1).numpy()])
-    c = np.concatenate([row_idx.reshape(-1).numpy(), np.repeat(np.arange(n_b), col_idx.shape[0])])
-    # Each edge may be found from both sides: keep one copy, and recompute its cosine exactly.
-    key = np.unique(r.astype(np.int64) * n_b + c)
-    er, ec = key // n_b, key % n_b
-    cos = (A[torch.from_numpy(er)] * B[torch.from_numpy(ec)]).sum(-1).double().numpy()
-    # Relaxation: maximise sum of matched cosines + sum of bound_i over rows left unmatched. Any dense
-    # assignment scores at most this (its non-candidate pairs are worth <= bound_i, unmatched columns 0), so
-    # an optimum that leaves no row unmatched is optimal for the dense problem too.
+    kk = min(k, row_idx.shape[1])
+    er = np.repeat(np.arange(n_a), kk)
+    ec = row_idx[:, :kk].reshape(-1).numpy()
+    cos = row_val[:, :kk].reshape(-1).double().numpy()
+    # Relaxation: maximise the sum of matched cosines + bound_i for every row left unmatched. Any dense
+    # assignment scores at most this (its pairs outside the candidates are worth <= bound_i, unmatched
+    # columns 0), so an optimum that leaves no row unmatched is optimal for the dense problem too. Candidate
+    # edges other than the rows' own top-k (e.g. the columns' top-k) would be worth <= bound_i: never needed.
     # As a perfect matching on an augmented graph: row i may take its own dummy column (n_b + i), column j
     # its own dummy row (n_a + j), and dummy row (n_a + j) may take dummy column (n_b + i) wherever (i, j) is
     # an edge, so every matching of the candidate graph extends to a perfect one. With costs K - cos,
@@ -166,20 +170,22 @@ def _sparse_assign(A: Tensor, B: Tensor, k: int, dense_limit: int) -> Assignment
     real = (match_rows < n_a) & (match_cols < n_b)
     mr, mc = match_rows[real], match_cols[real]
     sims = (A[torch.from_numpy(mr)] * B[torch.from_numpy(mc)]).sum(-1).numpy()
+    best_b = col_val[0].numpy()
     left_a = np.setdiff1d(np.arange(n_a), mr)
     if len(left_a) == 0:
-        return mr, mc, sims, True
-    # Rows whose relaxed value beat every free candidate: assign them among the free columns (not certified).
+        return mr, mc, sims, True, best_b
+    # Rows whose bound beat every free candidate: assign them among the free columns (exact for that
+    # sub-problem, but the whole is then not certified). Their cosines are all <= bound_i.
     left_b = np.setdiff1d(np.arange(n_b), mc)
-    lr, lc, ls, _ = assign(A[torch.from_numpy(left_a)], B[torch.from_numpy(left_b)], dense_limit, 4 * k)
+    lr, lc, ls, _, _ = assign(A[torch.from_numpy(left_a)], B[torch.from_numpy(left_b)], dense_limit, 2 * k)
     mr, mc = np.concatenate([mr, left_a[lr]]), np.concatenate([mc, left_b[lc]])
-    return mr, mc, np.concatenate([sims, ls]), False
+    return mr, mc, np.concatenate([sims, ls]), False, best_b
 
 
 def assign(A: Tensor, B: Tensor, dense_limit: int = DENSE_LIMIT, k: int = 8) -> Assignment:
-    """Max-cosine one-to-one assignment of the rows of A to the rows of B: (rows, cols, cosines, exact)."""
+    """Max-cosine one-to-one assignment of the rows of A to the rows of B."""
     if len(A) * len(B) <= dense_limit**2:
-        return (*_dense_assign(A, B), True)
+        return _dense_assign(A, B)
     return _sparse_assign(A, B, k, dense_limit)
 
 
@@ -197,9 +203,10 @@ def match_saes(
     if method not in ("auto", "dense", "sparse"):
         raise SaevalError(f"unknown matching method {method!r}: use auto, dense or sparse")
     limit = {"auto": dense_limit, "dense": max(len(W_a), len(W_b)), "sparse": 0}[method]
-    rows, cols, sims, exact = assign(W_a, W_b, limit, k)
+    rows, cols, sims, exact, best_b = assign(W_a, W_b, limit, k)
     used = "dense" if len(W_a) * len(W_b) <= limit**2 else f"sparse(k={k})"
-    best_b = topk_both_sides(W_a, W_b, 1)[2][0].numpy()
+    if best_b is None:  # more SAE-1 than SAE-2 latents in the sparse path: one more pass for the column max
+        best_b = topk_both_sides(W_a, W_b, 1)[2][0].numpy()
     order = np.argsort(-sims, kind="stable")
     return MatchResult(
         shared_feature_ratio=float((sims > threshold).mean()) if len(sims) else 0.0,

@@ -91,8 +91,17 @@ class WindowsResult:
 class WindowCollector:
     """Running top-k buffers (and optional reservoir / pool records) for the chosen latents of one SAE."""
 
-    def __init__(self, sae, features: Sequence[int], window: int, k: int, windows_per_context: int,
-                 reservoir: int = 0, pool_ids: Sequence[int] = (), seed: int = 0):
+    def __init__(
+        self,
+        sae,
+        features: Sequence[int],
+        window: int,
+        k: int,
+        windows_per_context: int,
+        reservoir: int = 0,
+        pool_ids: Sequence[int] = (),
+        seed: int = 0,
+    ):
         n = int(sae.d_sae)
         feats = [int(f) for f in features]
         bad = [f for f in feats if not 0 <= f < n]
@@ -121,111 +130,175 @@ class WindowCollector:
     @torch.inference_mode()
     def update(self, acts_BLD: Tensor, mask_BL: Tensor, first_context: int) -> None:
         B = acts_BLD.shape[0]
-        W, n_w = self.window, self.wpc
-        f_BLF = self.sae.encode(acts_BLD.to(self.sae.W_enc.device))[..., self.feats.to(self.sae.W_enc.device)]
-        f_BLF = (f_BLF.float().cpu() * mask_BL[..., None]).clamp_min(0)
+        W, n_w, k = self.window, self.wpc, self.k
+        device = self.sae.W_enc.device
+        f_BLF = self.sae.encode(acts_BLD.to(device))
+        if len(self.feats) < f_BLF.shape[-1]:
+            f_BLF = f_BLF.index_select(-1, self.feats.to(device))  # much faster than f[..., idx] on CPU
+        f_BLF = f_BLF.float().cpu()
+        f_BLF[~mask_BL] = 0.0  # special tokens never count (SAE activations are >= 0 otherwise)
         self.n_tokens += int(mask_BL.sum())
-        self.active_tokens += (f_BLF > 0).sum((0, 1))
+        self.active_tokens += torch.count_nonzero(f_BLF, dim=(0, 1))
         f_NWF = f_BLF[:, 1 : 1 + n_w * W].reshape(B * n_w, W, -1)
-        mean_NF, max_NF = f_NWF.mean(1), f_NWF.amax(1)
-        nz_NF = (f_NWF > 0).sum(1)
+        max_NF = f_NWF.amax(1)
+        mean64 = f_NWF.sum(1).double() / W
         active_FN = (max_NF > 0).T
         self.active_windows += active_FN.sum(1)
         self.max_act = torch.maximum(self.max_act, max_NF.amax(0))
         ids_N = torch.arange(B * n_w) + first_context * n_w
-        mean64 = mean_NF.double()
         # density: nonzero count, ties broken by the mean (the added term stays in [0, 0.5)).
-        density = nz_NF.double() + 0.5 * mean64 / (1 + mean64)
+        density = torch.count_nonzero(f_NWF, dim=1).double() + 0.5 * mean64 / (1 + mean64)
         keys = {"mean": mean64, "max": max_NF.double(), "density": density}
-        acts_FNW = f_NWF.permute(2, 0, 1)
+        acts_FNW = f_NWF.permute(2, 0, 1)  # a view: only the kept windows are copied below
+        # Only latents for which some new window beats their current k-th best are touched: once the buffers
+        # have filled, that is a small fraction of them per batch.
+        ids_FN = ids_N.expand(len(active_FN), -1)
         for c in CRITERIA:
             key_FN = keys[c].T.masked_fill(~active_FN, -torch.inf)
-            merged = torch.cat([self.keys[c], key_FN], 1)
-            top, pos = merged.topk(self.k, dim=1)
-            self.keys[c] = top
-            self.ids[c] = torch.cat([self.ids[c], ids_N.expand(len(key_FN), -1)], 1).gather(1, pos)
-            all_acts = torch.cat([self.acts[c], acts_FNW], 1)
-            self.acts[c] = all_acts.gather(1, pos[..., None].expand(-1, -1, W))
+            rows = (key_FN.amax(1) > self.keys[c][:, -1]).nonzero()[:, 0]
+            if len(rows) == 0:
+                continue
+            top, pos = torch.cat([self.keys[c][rows], key_FN[rows]], 1).topk(k, dim=1)
+            self.keys[c][rows] = top
+            self.ids[c][rows] = _pick(pos, k, self.ids[c][rows], ids_FN[rows])
+            idx = pos[..., None].expand(-1, -1, W)
+            self.acts[c][rows] = torch.where(
+                (pos < k)[..., None],
+                self.acts[c][rows].gather(1, idx.clamp(max=k - 1)),
+                acts_FNW[rows].gather(1, (idx - k).clamp(min=0)),
+            )
         if self.R:
+            # Reservoir: each activating window gets a uniform random priority; the R lowest are kept.
             u = torch.rand(active_FN.shape, generator=self.gen, dtype=torch.float64)
             u = u.masked_fill(~active_FN, torch.inf)
-            low, pos = torch.cat([self.res_key, u], 1).topk(self.R, dim=1, largest=False)
-            self.res_key = low
-            self.res_ids = torch.cat([self.res_ids, ids_N.expand(len(u), -1)], 1).gather(1, pos)
-            self.res_max = torch.cat([self.res_max, max_NF.T], 1).gather(1, pos)
+            rows = (u.amin(1) < self.res_key[:, -1]).nonzero()[:, 0]
+            if len(rows):
+                low, pos = torch.cat([self.res_key[rows], u[rows]], 1).topk(self.R, dim=1, largest=False)
+                self.res_key[rows] = low
+                self.res_ids[rows] = _pick(pos, self.R, self.res_ids[rows], ids_FN[rows])
+                self.res_max[rows] = _pick(pos, self.R, self.res_max[rows], max_NF.T[rows])
         if self.pool_pos:
             for n, wid in enumerate(ids_N.tolist()):
                 if wid in self.pool_pos:
                     self.pool_max[self.pool_pos[wid]] = max_NF[n]
 
     def result(self, tokenizer, contexts_NL: Tensor) -> WindowsResult:
-        piece_cache: dict[int, str] = {}
-
-        def pieces(tokens: list[int]) -> list[str]:
-            for t in tokens:
-                if t not in piece_cache:
-                    piece_cache[t] = tokenizer.decode([t])
-            return [piece_cache[t] for t in tokens]
-
         W, n_w = self.window, self.wpc
-        latents: dict[int, LatentWindows] = {}
-        for i, f in enumerate(self.feats.tolist()):
-            lists: dict[str, list[ActExample]] = {}
-            for c in CRITERIA:
-                lists[c] = []
-                for slot in range(self.k):
-                    if not torch.isfinite(self.keys[c][i, slot]):
-                        break
-                    ctx, idx = divmod(int(self.ids[c][i, slot]), n_w)
+        feats = self.feats.tolist()
+        pieces: dict[int, str] = {}
+        rows = contexts_NL.tolist()
+        lists: dict[str, list[list[ActExample]]] = {}
+        for c in CRITERIA:
+            acts = self.acts[c]
+            score = {"mean": acts.mean(-1), "max": acts.amax(-1), "density": (acts > 0).float().mean(-1)}[c]
+            n_kept = torch.isfinite(self.keys[c]).sum(1).tolist()
+            ids, scores = self.ids[c].tolist(), score.tolist()
+            acts_l = (acts * 1e5).round().div(1e5).tolist()
+            per_latent = []
+            for i in range(len(feats)):
+                examples = []
+                for slot in range(n_kept[i]):
+                    ctx, idx = divmod(ids[i][slot], n_w)
                     start = 1 + idx * W
-                    tokens = contexts_NL[ctx, start : start + W].tolist()
-                    acts = self.acts[c][i, slot]
-                    score = {"mean": acts.mean(), "max": acts.max(), "density": (acts > 0).float().mean()}[c]
-                    lists[c].append(ActExample(
-                        tokens=tokens, texts=pieces(tokens), acts=[round(float(a), 5) for a in acts],
-                        context=ctx, start=start, score=float(score)))
-            latents[f] = LatentWindows(
-                latent=f, fired=bool(self.active_tokens[i] > 0), n_active_tokens=int(self.active_tokens[i]),
-                n_active_windows=int(self.active_windows[i]), max_act=float(self.max_act[i]), **lists)
+                    tokens = rows[ctx][start : start + W]
+                    for t in tokens:
+                        if t not in pieces:
+                            pieces[t] = tokenizer.decode([t])
+                    # model_construct: the fields are built here, typed already (no per-example validation).
+                    examples.append(
+                        ActExample.model_construct(
+                            tokens=tokens,
+                            texts=[pieces[t] for t in tokens],
+                            acts=acts_l[i][slot],
+                            context=ctx,
+                            start=start,
+                            score=scores[i][slot],
+                        )
+                    )
+                per_latent.append(examples)
+            lists[c] = per_latent
+        active, windows, max_act = self.active_tokens.tolist(), self.active_windows.tolist(), self.max_act.tolist()
+        latents = {
+            f: LatentWindows.model_construct(
+                latent=f,
+                fired=active[i] > 0,
+                n_active_tokens=active[i],
+                n_active_windows=windows[i],
+                max_act=max_act[i],
+                **{c: lists[c][i] for c in CRITERIA},
+            )
+            for i, f in enumerate(feats)
+        }
         reservoir = {}
-        for i, f in enumerate(self.feats.tolist()):
-            keep = torch.isfinite(self.res_key[i])
-            pairs = zip(self.res_ids[i][keep], self.res_max[i][keep], strict=True)
-            reservoir[f] = [(int(w), float(m)) for w, m in pairs]
-        pool_ids = sorted(self.pool_pos)
+        if self.R:
+            keep, res_ids, res_max = (
+                torch.isfinite(self.res_key).sum(1).tolist(),
+                self.res_ids.tolist(),
+                self.res_max.tolist(),
+            )
+            reservoir = {
+                f: list(zip(res_ids[i][: keep[i]], res_max[i][: keep[i]], strict=True)) for i, f in enumerate(feats)
+            }
+        pool_max = self.pool_max.T.tolist()
         return WindowsResult(
-            features=self.feats.tolist(), window=W, k=self.k, contexts_NL=contexts_NL, n_tokens=self.n_tokens,
-            n_windows=len(contexts_NL) * n_w, latents=latents,
-            never_fired=[f for f, lw in latents.items() if not lw.fired], windows_per_context=n_w,
-            reservoir=reservoir if self.R else {}, pool_ids=pool_ids,
-            pool_max={f: self.pool_max[:, i].tolist() for i, f in enumerate(self.feats.tolist())},
+            features=feats,
+            window=W,
+            k=self.k,
+            contexts_NL=contexts_NL,
+            n_tokens=self.n_tokens,
+            n_windows=len(contexts_NL) * n_w,
+            latents=latents,
+            never_fired=[f for f, lw in latents.items() if not lw.fired],
+            windows_per_context=n_w,
+            reservoir=reservoir,
+            pool_ids=sorted(self.pool_pos),
+            pool_max={f: pool_max[i] for i, f in enumerate(feats)},
         )
+
+
+def _pick(pos: Tensor, n_old: int, old: Tensor, new: Tensor) -> Tensor:
+    """Entries of cat([old, new], 1) at ``pos`` without building the concatenation."""
+    return torch.where(pos < n_old, old.gather(1, pos.clamp(max=n_old - 1)), new.gather(1, (pos - n_old).clamp(min=0)))
 
 
 def windows_per_context(ctx_len: int, window: int) -> int:
     if window < 1:
         raise SaevalError(f"window must be at least 1 token, got {window}")
     if window > ctx_len - 1:
-        raise SaevalError(f"window of {window} tokens is longer than the contexts ({ctx_len - 1} tokens "
-                          "after BOS): use a shorter window or a longer ctx_len")
+        raise SaevalError(
+            f"window of {window} tokens is longer than the contexts ({ctx_len - 1} tokens "
+            "after BOS): use a shorter window or a longer ctx_len"
+        )
     return (ctx_len - 1) // window
 
 
 def collect_windows(
-    host, jobs: Sequence[tuple[object, Sequence[int]]], contexts_NL: Tensor, hook: str, window: int = 30,
-    k: int = 10, batch_size: int = 8, reservoir: int = 0, n_pool: int = 0, seed: int = 0,
+    host,
+    jobs: Sequence[tuple[object, Sequence[int]]],
+    contexts_NL: Tensor,
+    hook: str,
+    window: int = 30,
+    k: int = 10,
+    batch_size: int = 8,
+    reservoir: int = 0,
+    n_pool: int = 0,
+    seed: int = 0,
     description: str = "top windows",
 ) -> list[WindowsResult]:
     """One activation pass over ``contexts_NL`` feeding every (sae, latents) job (SAEs at the same hook)."""
     n_w = windows_per_context(contexts_NL.shape[1], window)
     total = len(contexts_NL) * n_w
     pool = np.random.default_rng(seed).choice(total, size=min(n_pool, total), replace=False) if n_pool else []
-    collectors = [WindowCollector(sae, feats, window, k, n_w, reservoir, pool, seed + 7919 * j)
-                  for j, (sae, feats) in enumerate(jobs)]
+    collectors = [
+        WindowCollector(sae, feats, window, k, n_w, reservoir, pool, seed + 7919 * j)
+        for j, (sae, feats) in enumerate(jobs)
+    ]
     for c in collectors:
         if c.sae.d_in != host.d_model:
-            raise SaevalError(f"SAE {c.sae.name} has d_in={c.sae.d_in} but {host.name} has d_model="
-                              f"{host.d_model}: pick an SAE trained on this model")
+            raise SaevalError(
+                f"SAE {c.sae.name} has d_in={c.sae.d_in} but {host.name} has d_model="
+                f"{host.d_model}: pick an SAE trained on this model"
+            )
     starts = range(0, len(contexts_NL), batch_size)
     for s in track(starts, description, total=len(starts)):
         tokens = contexts_NL[s : s + batch_size]
@@ -238,9 +311,21 @@ def collect_windows(
 
 
 def top_activated_windows(
-    host, sae, features: Sequence[int], window: int = 30, *, corpus: str = "sotu", n_tokens: int = 65_536,
-    ctx_len: int = 128, contexts_NL: Tensor | None = None, k: int = 10, hook: str | None = None,
-    batch_size: int = 8, reservoir: int = 0, n_pool: int = 0, seed: int = 0,
+    host,
+    sae,
+    features: Sequence[int],
+    window: int = 30,
+    *,
+    corpus: str = "sotu",
+    n_tokens: int = 65_536,
+    ctx_len: int = 128,
+    contexts_NL: Tensor | None = None,
+    k: int = 10,
+    hook: str | None = None,
+    batch_size: int = 8,
+    reservoir: int = 0,
+    n_pool: int = 0,
+    seed: int = 0,
 ) -> WindowsResult:
     """Top ``k`` windows of each latent in ``features`` under mean, density and max, in one pass."""
     hook = hook or sae.cfg.hook_name
