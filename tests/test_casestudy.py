@@ -67,6 +67,8 @@ def test_case_study_outputs(tiny_host, pair, tmp_path):
     assert meta["match"]["shared_feature_ratio"] == pytest.approx(3 / 16)
     page = (tmp_path / "case-study.section.html").read_text()
     assert page.count("class='cs-card'") == 4 and "rgba(255,140,0," in page
+    again = run_case_study(tiny_host, a, b, config, corpus="sotu", preset="tiny")
+    assert json.dumps(again) == json.dumps(entries)  # seeded: same config, same JSON
 
 
 def test_select_pairs_without_repeats():
