@@ -10,6 +10,7 @@ variants per second when all scales of a latent run as one stacked batch from th
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -25,6 +26,7 @@ def main() -> None:
     ap.add_argument("--scales", type=int, default=4)
     ap.add_argument("--new-tokens", type=int, default=16)
     args = ap.parse_args()
+    os.environ.setdefault("SAEVAL_QUIET", "1")
     host = LanguageHost.load("smollm2-135m")
     sae = demo_saes(host)[0]
     latents = list(range(0, 40 * args.latents, 40))
@@ -36,16 +38,17 @@ def main() -> None:
     prompts = [(ids, pos)] * len(vectors)
     G = len(prompts)
 
-    start = time.time()
-    generate_with_vectors(host, prompts, vectors, cfg.rep_hook, args.new_tokens, 1.0, batch_size=G)
-    batched = time.time() - start
-    start = time.time()
-    generate_with_vectors(host, prompts, vectors, cfg.rep_hook, args.new_tokens, 1.0, batch_size=1)
-    single = time.time() - start
+    def run(batch_size: int) -> tuple[float, float]:
+        wall, cpu = time.time(), time.process_time()
+        generate_with_vectors(host, prompts, vectors, cfg.rep_hook, args.new_tokens, 1.0, batch_size=batch_size)
+        return time.time() - wall, time.process_time() - cpu
+
+    (batched, batched_cpu), (single, single_cpu) = run(G), run(1)
     print(f"generations: {G} x {args.new_tokens} new tokens (prompt {len(ids)} tokens)")
-    print(f"batched   {G / batched:6.3f} generations/s ({batched:.1f}s)")
-    print(f"unbatched {G / single:6.3f} generations/s ({single:.1f}s)")
-    print(f"batched / unbatched generation throughput: {single / batched:.2f}x")
+    print(f"batched   {G / batched:6.3f} generations/s ({batched:.1f}s wall, {batched_cpu:.1f}s cpu)")
+    print(f"unbatched {G / single:6.3f} generations/s ({single:.1f}s wall, {single_cpu:.1f}s cpu)")
+    print(f"batched / unbatched generation throughput: {single / batched:.2f}x wall, "
+          f"{single_cpu / batched_cpu:.2f}x cpu")
 
     sweep_cfg = ExplainConfig(n_search_scales=16, batch_size=32)
     start = time.time()
