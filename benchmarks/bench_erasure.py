@@ -7,7 +7,7 @@ run. A private empty cache folder makes the setup honest (nothing precomputed); 
 on a sample of the examples and scaled.
 
 Uses the cached demo SAEs when they exist (it does not train them), else random TopK SAEs of the same shape.
-Usage: python benchmarks/bench_erasure.py [--evals tpp,scr,shift] [--saes 2]
+Usage: python benchmarks/bench_erasure.py [--evals tpp,scr,shift] [--saes 2] [--out DIR]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from saeval.assets import cache_dir
 from saeval.evals import EvalContext, erasure, get_eval
 from saeval.evals.erasure import tokenize_examples
 from saeval.hosts import LanguageHost
+from saeval.results import write_result
 from saeval.saes import SAEConfig, create_sae
 
 HOOK = "blocks.15.hook_resid_post"
@@ -71,10 +72,20 @@ def forward_seconds(host, texts: list[str], ctx_len: int, full: bool, sample: in
     return (time.time() - start) * scale
 
 
+def headline(name: str, metrics: dict) -> str:
+    keys = {"tpp": ["tpp_threshold_20_total_metric", "tpp_threshold_20_intended_diff_only",
+                    "tpp_threshold_20_unintended_diff_only"],
+            "scr": ["scr_metric_threshold_20", "scr_dir1_threshold_20", "scr_dir2_threshold_20"],
+            "shift": ["shift_score", "shift_ablate_all_candidates", "n_judged_spurious", "judge_agreement_with_probes"]}
+    return ", ".join(f"{k}={metrics.get(k):.4f}" if isinstance(metrics.get(k), float) else f"{k}={metrics.get(k)}"
+                     for k in keys.get(name, []))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--evals", default="tpp,scr,shift")
     parser.add_argument("--saes", type=int, default=2)
+    parser.add_argument("--out", default=None, help="also write the result JSON files here (saeval report)")
     args = parser.parse_args()
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     host = LanguageHost.load("smollm2-135m")
@@ -93,6 +104,10 @@ def main() -> None:
                 total = time.time() - start
                 setup += result.details.setup_seconds
                 per_sae.append(total - result.details.setup_seconds)
+                result.seconds = round(total, 2)
+                if args.out:
+                    write_result(Path(args.out), result)
+                print(f"  {name} {sae.name}: {headline(name, result.metrics.model_dump())}", flush=True)
             for key, value in ctx.memo.items():
                 if key[0] in ("tpp-task", "pair-setup") and (key[1] in config.datasets):
                     texts += (value.texts if key[0] == "tpp-task" else value.task.texts)

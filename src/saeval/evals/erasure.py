@@ -14,6 +14,8 @@
   SAEBench also sums x' over the zeroed (masked) positions of its 128-token padded inputs, where x = 0 but
   encode(0) need not be 0; each adds -f(0)[S] @ W_dec[S] before dividing by the ordinary-token count. Mode
   "saebench" reproduces that (``padding_quirk``), mode "validation" pools ordinary tokens only.
+* ``sink_ratio`` (off by default, as in SAEBench): tokens whose norm exceeds that multiple of their example's
+  median are dropped like special tokens; SmolLM2 makes ~1-2% of first tokens after BOS 20-50x sinks.
 """
 
 from __future__ import annotations

@@ -53,7 +53,8 @@ class LinearProbe:
 
 
 def accuracy(logits_N: Tensor, y_N: Tensor) -> float:
-    return float(((logits_N > 0).long() == y_N.long()).float().mean())
+    # In float64, so equal counts give bit-identical accuracies wherever they are computed.
+    return float(((logits_N > 0).long() == y_N.long()).double().mean())
 
 
 def derive_seed(*parts: object) -> int:

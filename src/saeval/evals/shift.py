@@ -154,7 +154,8 @@ def run_pair(ctx: EvalContext, sae, setup: PairSetup, config: SHIFTConfig, judge
         spurious = config.spurious if config.spurious != "auto" else ("c1" if direction == 2 else "c2")
         target = "c1" if spurious == "c2" else "c2"
         candidates = [int(f) for f in run.ranked[(s, "biased")][: config.n_candidates]]
-        todo = [f for f in candidates if (spurious, f) not in judged]
+        key = (setup.task.name, spurious)  # judgements are per pair: the same latent id means another latent
+        todo = [f for f in candidates if (*key, f) not in judged]
         if todo:
             started = time.time()
             items = evidence_for(sae, setup.acts, run, todo, run.effects[(s, "biased")], ctx.host.tokenizer, config)
@@ -162,17 +163,17 @@ def run_pair(ctx: EvalContext, sae, setup: PairSetup, config: SHIFTConfig, judge
             if config.self_explanation:
                 add_self_explanations(ctx, sae, items, config)
             for item, verdict in zip(items, judge.judge(items, question_for(setup, spurious)), strict=True):
-                judged[(spurious, item.latent)] = (item, verdict)
+                judged[(*key, item.latent)] = (item, verdict)
             timing["judge"] = timing.get("judge", 0.0) + time.time() - started
         refs = reference_label(run, s, spurious, candidates)
         original = setup.clean[s][("biased", target)]
         oracle = setup.clean[s][(target, target)]
         row: dict[str, float] = {}
         for k in sorted({*config.n_values, config.n_candidates}):
-            chosen = [f for f in candidates[:k] if judged[(spurious, f)][1].verdict == "spurious"]
+            chosen = [f for f in candidates[:k] if judged[(*key, f)][1].verdict == "spurious"]
             changed = probe_accuracy(setup, run.view, s, "biased", target, torch.tensor(chosen, dtype=torch.long))
             row[f"shift_threshold_{k}"] = normalized_gain(changed, original, oracle)
-        verdicts = [judged[(spurious, f)][1] for f in candidates]
+        verdicts = [judged[(*key, f)][1] for f in candidates]
         failed = sum(v.verdict == "failed" for v in verdicts)
         everything = probe_accuracy(setup, run.view, s, "biased", target, torch.tensor(candidates, dtype=torch.long))
         agree = [(v.verdict == "spurious") == refs[v.latent] for v in verdicts if v.verdict != "failed"]
@@ -187,12 +188,12 @@ def run_pair(ctx: EvalContext, sae, setup: PairSetup, config: SHIFTConfig, judge
         per_seed[s] = row
         seed_info[str(s)] = {"spurious": spurious, "target": target, "direction": direction,
                              "biased_on_target": original, "oracle_on_target": oracle}
-        records[s] = {"candidates": candidates, "refs": refs, "spurious": spurious}
+        records[s] = {"candidates": candidates, "refs": refs, "spurious": spurious, "key": key}
     s0 = config.seeds[0]
     first = records[s0]
     judgements = []
     for rank, f in enumerate(first["candidates"]):
-        item, verdict = judged[(first["spurious"], f)]
+        item, verdict = judged[(*first["key"], f)]
         judgements.append({"rank": rank + 1, **verdict.model_dump(), "reference_spurious": first["refs"][f],
                            "evidence": item.model_dump(exclude={"latent"})})
     detail = {"task": setup.task.info, "labels": setup.task.labels, "seeds": seed_info, "sanity": sanity(setup),
@@ -208,6 +209,8 @@ def run(ctx: EvalContext, sae, config: SHIFTConfig) -> SHIFTResult:
         raise SaevalError(f"n_evidence {config.n_evidence} must lie in 1..{TOP_EXAMPLES}")
     if config.n_candidates < 1 or config.n_candidates > sae.d_sae:
         raise SaevalError(f"n_candidates {config.n_candidates} must lie in 1..{sae.d_sae}")
+    if max(config.n_values) > config.n_candidates:
+        raise SaevalError(f"n_values {config.n_values} go beyond n_candidates {config.n_candidates}; lower them")
     sae = sae.to(ctx.host.device)
     start = time.time()
     setups = pair_setups(ctx, config)

@@ -189,9 +189,11 @@ def tpp_scores(sae, task: ErasureTask, acts: ExampleActivations, draws: dict[int
     n_max = max(config.n_values)
     selected: dict[tuple[int, str], Tensor] = {}
     effects_top: dict[tuple[int, str], list] = {}
+    nonzero: dict[tuple[int, str], int] = {}
     for k, (s, c) in enumerate((s, c) for s in seeds for c in classes):
         effects = attribution(means[2 * k], means[2 * k + 1], rows_FD @ probes[s][c].w_D, "tpp")
         selected[(s, c)] = top_n(effects, n_max)
+        nonzero[(s, c)] = int((effects != 0).sum())
         effects_top[(s, c)] = [[int(f), float(effects[f])] for f in selected[(s, c)][: config.top_latents_recorded]]
     test_ids = np.unique(np.concatenate(list(draws[seeds[0]].test.values())))
     keep = torch.cat(list(selected.values()))
@@ -215,7 +217,7 @@ def tpp_scores(sae, task: ErasureTask, acts: ExampleActivations, draws: dict[int
         "clean_accuracy": {str(s): {task.labels[j]: v for j, v in clean_accs[s].items()} for s in seeds},
         "per_class_by_seed": {s: {task.labels[c]: v for c, v in per_class[s].items()} for s in seeds},
         "top_latents": {task.labels[c]: effects_top[(s0, c)] for c in classes},
-        "n_nonzero_effects": {task.labels[c]: len(selected[(s0, c)]) for c in classes},
+        "n_nonzero_effects": {task.labels[c]: nonzero[(s0, c)] for c in classes},
     }
     return per_seed, detail
 
