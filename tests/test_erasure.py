@@ -408,8 +408,10 @@ def test_evals_run_deterministically_cache_activations_and_report(tmp_path, tiny
         again = json.loads((tmp_path / "out2" / sae_a.name / f"{name}.json").read_text())
         assert first["metrics"] == again["metrics"] and first["details"]["mode"] == "saebench"
         assert first["preset"] == "tiny" and first["config"]["train_set_size"] == 40
-    records = [json.loads(p.read_text()) for p in paths if p.name == "tpp.json"]
-    assert "plotly" in tpp.report(records) and sae_a.name in tpp.report(records)
+    for module in (tpp, scr):
+        records = [json.loads(p.read_text()) for p in paths if p.name == f"{module.SPEC.name}.json"]
+        section = module.report(records)
+        assert "plotly" in section and sae_a.name in section and sae_b.name in section
 
 
 def test_bad_config_is_a_clear_error(tmp_path, tiny_host):
