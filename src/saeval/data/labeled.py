@@ -157,8 +157,10 @@ def _read_splits(hub_id: str, folder: str | None, columns: list[str]) -> tuple[L
         try:
             data = load_dataset(repo)
         except Exception as err:  # network, auth, missing repo: all mean "get the data another way"
-            raise SaevalError(f"cannot load {repo} from the hub ({type(err).__name__}); give {hub_id}=FOLDER "
-                              "with train/test parquet files, or the offline sets: wordnet (TPP), wordnet-pos or sotu") from err
+            raise SaevalError(
+                f"cannot load {repo} from the hub ({type(err).__name__}); give {hub_id}=FOLDER "
+                "with train/test parquet files, or the offline sets: wordnet (TPP), wordnet-pos or sotu"
+            ) from err
     tables = []
     for split in ("train", "test"):
         if split not in data:
