@@ -454,3 +454,15 @@ def score_vs_n(records: list[dict], key: str, title: str, extra: list[tuple[str,
     fig.update_layout(title=title, xaxis_title="N latents ablated", yaxis_title="score")
     fig.update_xaxes(type="log")
     return figure_html(fig) + "<p class='note'>" + "; ".join(notes) + "</p>"
+
+
+def check_erasure_config(config, sae, dataset_kind: str) -> None:
+    """Checks shared by TPP, SCR and SHIFT configs (seeds, datasets, n_values, validation_fraction)."""
+    if not config.seeds:
+        raise SaevalError("seeds is empty; give at least one seed")
+    if not config.datasets:
+        raise SaevalError(f"datasets is empty; give at least one {dataset_kind}")
+    if any(n < 1 or n > sae.d_sae for n in config.n_values):
+        raise SaevalError(f"n_values {config.n_values} must lie in 1..{sae.d_sae} (the SAE's latents)")
+    if not 0 < config.validation_fraction < 1:
+        raise SaevalError(f"validation_fraction {config.validation_fraction} must lie strictly between 0 and 1")

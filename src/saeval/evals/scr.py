@@ -31,6 +31,7 @@ from saeval.evals.erasure import (
     accuracy_of,
     attribution,
     cached_activations,
+    check_erasure_config,
     decoder_rows,
     fit_probes,
     sae_pass,
@@ -274,14 +275,7 @@ def run_pair(ctx: EvalContext, sae, setup: PairSetup, config: SCRConfig) -> tupl
 
 
 def check_pair_config(config: PairConfig, sae) -> None:
-    if not config.seeds:
-        raise SaevalError("seeds is empty; give at least one seed")
-    if not config.datasets:
-        raise SaevalError("datasets is empty; give at least one two-attribute dataset")
-    if any(n < 1 or n > sae.d_sae for n in config.n_values):
-        raise SaevalError(f"n_values {config.n_values} must lie in 1..{sae.d_sae} (the SAE's latents)")
-    if not 0 < config.validation_fraction < 1:
-        raise SaevalError(f"validation_fraction {config.validation_fraction} must lie strictly between 0 and 1")
+    check_erasure_config(config, sae, "two-attribute dataset")
 
 
 @torch.inference_mode()

@@ -30,6 +30,7 @@ from saeval.evals.erasure import (
     accuracy_of,
     attribution,
     cached_activations,
+    check_erasure_config,
     decoder_rows,
     fit_probes,
     sae_pass,
@@ -242,20 +243,9 @@ def summarize(per_dataset_seed: dict[str, dict[int, dict[str, float]]], seeds: l
     return metrics, per_seed
 
 
-def check_config(config: TPPConfig, sae) -> None:
-    if not config.seeds:
-        raise SaevalError("seeds is empty; give at least one seed")
-    if not config.datasets:
-        raise SaevalError("datasets is empty; give at least one labeled dataset")
-    if any(n < 1 or n > sae.d_sae for n in config.n_values):
-        raise SaevalError(f"n_values {config.n_values} must lie in 1..{sae.d_sae} (the SAE's latents)")
-    if not 0 < config.validation_fraction < 1:
-        raise SaevalError(f"validation_fraction {config.validation_fraction} must lie strictly between 0 and 1")
-
-
 @torch.inference_mode()
 def run(ctx: EvalContext, sae, config: TPPConfig) -> TPPResult:
-    check_config(config, sae)
+    check_erasure_config(config, sae, "labeled dataset")
     sae = sae.to(ctx.host.device)
     start = time.time()
     results, details, setup = {}, {}, 0.0
