@@ -455,6 +455,7 @@ def _short(values: Tensor) -> list[float]:
     return [float(f"{v:.4g}") for v in values.tolist()]
 
 
+@torch.inference_mode()
 def run(ctx: EvalContext, sae, config: SyntheticConfig) -> SyntheticResult:
     check_config(config)
     host = ctx.host
@@ -472,7 +473,7 @@ def run(ctx: EvalContext, sae, config: SyntheticConfig) -> SyntheticResult:
     warnings = [gauss.warning] if gauss.warning else []
     targets, target_warnings = build_targets(sae, base, real, gauss, density, config, rng, generator)
     warnings += target_warnings
-    plateau_types = [t for t in TARGET_TYPES] if config.plateau else []
+    plateau_types = list(TARGET_TYPES) if config.plateau else []
     ends = {t: gauss.sample(n, generator) for t in plateau_types}  # a fresh Gaussian sample per perturbation
 
     median_dist = float((real - base).norm(dim=-1).median())
