@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -45,7 +46,7 @@ def generate_documents(
     if sample_len < 1 or batch_size < 1:
         raise SaevalError("self-generated corpus needs sample_len >= 1 and batch_size >= 1")
     path = _cache_path(host, seed, temperature, sample_len)
-    state = torch.load(path) if path.exists() else {"docs": [], "batches": 0}
+    state: dict[str, Any] = torch.load(path) if path.exists() else {"docs": [], "batches": 0}
     docs: list[Tensor] = state["docs"]
     total = sum(len(d) for d in docs if len(d) >= min_doc_tokens)
     if total < n_tokens:

@@ -334,9 +334,9 @@ def self_explain(
                 gens.append(Generation(scale=s, text=text, explanation=extract_explanation(text), metric=m))
         ranked = sorted(gens, key=lambda g: -g.metric)
         best: list[str] = []
-        for g in ranked:
-            if g.explanation and g.explanation not in best:
-                best.append(g.explanation)
+        for gen in ranked:
+            if gen.explanation and gen.explanation not in best:
+                best.append(gen.explanation)
             if len(best) == config.n_best:
                 break
         results.append(SelfExplanation(latent=f, sweep=sweeps[i], generations=gens, best=best))
@@ -346,7 +346,7 @@ def self_explain(
 def memo_self_explain(ctx: EvalContext, sae, latents: Sequence[int], config: ExplainConfig) -> list[SelfExplanation]:
     """self_explain through the run's memo: the embedding_score and self_explanation evals of one run share
     the explanations of the latents they both study (same config apart from the latent choice)."""
-    key = ("self_explain", sae.name, config.model_dump_json(exclude={"latents", "n_latents"}), ctx.seed)
+    key = f"self_explain|{sae.name}|{ctx.seed}|{config.model_dump_json(exclude={'latents', 'n_latents'})}"
     memo: dict[int, SelfExplanation] = ctx.memo.setdefault(key, {})
     missing = [int(f) for f in latents if int(f) not in memo]
     if missing:
@@ -431,12 +431,7 @@ def run(ctx: EvalContext, sae, config: ExplainConfig) -> ExplainResult:
 def report(records: list[dict]) -> str:
     import plotly.graph_objects as go
 
-    try:
-        from saeval.report.html import figure_html
-    except ImportError:  # pragma: no cover - the report module is optional at import time
-
-        def figure_html(fig):
-            return fig.to_html(full_html=False, include_plotlyjs=False)
+    from saeval.report.html import figure_html
 
     parts = []
     for rec in records:

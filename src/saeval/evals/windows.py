@@ -225,7 +225,9 @@ class WindowCollector:
                 n_active_tokens=active[i],
                 n_active_windows=windows[i],
                 max_act=max_act[i],
-                **{c: lists[c][i] for c in CRITERIA},
+                mean=lists["mean"][i],
+                density=lists["density"][i],
+                max=lists["max"][i],
             )
             for i, f in enumerate(feats)
         }
@@ -288,7 +290,9 @@ def collect_windows(
     """One activation pass over ``contexts_NL`` feeding every (sae, latents) job (SAEs at the same hook)."""
     n_w = windows_per_context(contexts_NL.shape[1], window)
     total = len(contexts_NL) * n_w
-    pool = np.random.default_rng(seed).choice(total, size=min(n_pool, total), replace=False) if n_pool else []
+    # The non-activating candidates: a fixed random pool of windows, the same for every latent.
+    rng = np.random.default_rng(seed)
+    pool: list[int] = rng.choice(total, size=min(n_pool, total), replace=False).tolist() if n_pool else []
     collectors = [
         WindowCollector(sae, feats, window, k, n_w, reservoir, pool, seed + 7919 * j)
         for j, (sae, feats) in enumerate(jobs)
