@@ -122,6 +122,7 @@ def test_left_padded_batch_matches_single_rows(tiny_host):
 def test_extract_and_bad_inputs(tiny_host):
     assert extract_explanation('Elephant" and more') == "Elephant"
     assert extract_explanation(" big cats\nsecond line") == "big cats"
+    assert extract_explanation('Nope\n5. "x"') == "Nope"
     sae = tiny_sae(tiny_host)
     with pytest.raises(SaevalError, match="out of range"):
         self_explain(tiny_host, sae, [3], ExplainConfig(**TINY))

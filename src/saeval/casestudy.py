@@ -55,8 +55,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
     # About 3 minutes on the two demo SAEs on a 2-core CPU: fewer scales, generations and corpus tokens.
     "demo": {
-        "n_tokens": 16_384,
-        "explain": {"n_search_scales": 8, "n_generation_scales": 2, "generation_scales": "best", "max_new_tokens": 12,
+        "n_tokens": 12_288,
+        "explain": {"n_search_scales": 6, "n_generation_scales": 2, "generation_scales": "best", "max_new_tokens": 12,
                     "batch_size": 48},
         "embedding": {"n_test": 20, "n_random": 20, "reservoir": 200, "n_pool": 400},
     },

@@ -206,9 +206,9 @@ def scale_sweep(host, dirs_FD: Tensor, config: ExplainConfig) -> list[ScaleSweep
 
 
 def extract_explanation(text: str) -> str:
-    """The completion up to the closing quote of the template's last opened quote (or the first line)."""
-    cut = text.split('"', 1)[0] if '"' in text else text.split("\n", 1)[0]
-    return cut.strip()
+    """The completion up to the closing quote of the template's last opened quote, or the end of the line,
+    whichever comes first."""
+    return text.split('"', 1)[0].split("\n", 1)[0].strip()
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor, list[int]]:
