@@ -48,6 +48,7 @@ def run_demo(out_dir: Path, force: bool = False) -> Path:
     """Every registered eval with its "demo" preset on both demo SAEs, then the HTML report."""
     import time
 
+    import saeval.casestudy  # noqa: F401  (adds the FaithfulSAE case study to PAIR_STUDIES)
     from saeval.evals import EVALS, EvalContext, get_eval, run_evals
     from saeval.hosts import LanguageHost
     from saeval.report import build_report
