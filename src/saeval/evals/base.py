@@ -37,6 +37,13 @@ class EvalContext:
     # Per-run memo for work shared across SAEs and evals (contexts, cached activations, probes...).
     memo: dict[str, Any] = field(default_factory=dict)
 
+    def envelope(self, eval_name: str, sae) -> dict[str, Any]:
+        """The fields every result shares (eval, sae, model, preset), so evals only add config/metrics/details."""
+        from saeval.results import SAEInfo
+
+        return {"eval": eval_name, "sae": SAEInfo.of(sae), "model": getattr(self.host, "name", None),
+                "preset": self.preset}
+
     def previous(self, sae_name: str, eval_name: str) -> dict[str, Any] | None:
         """An earlier result of this run's output folder, e.g. the core eval's latent densities."""
         if self.out_dir is None:

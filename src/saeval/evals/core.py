@@ -19,7 +19,7 @@ from saeval.data.activations import check_finite, stream_activations
 from saeval.data.corpora import load_contexts
 from saeval.evals.base import EvalConfig, EvalContext, EvalSpec, register_eval
 from saeval.progress import track
-from saeval.results import EvalResult, SAEInfo
+from saeval.results import EvalResult
 
 
 class CoreConfig(EvalConfig):
@@ -237,8 +237,7 @@ def run(ctx: EvalContext, sae, config: CoreConfig) -> CoreResult:
         latent_density=[float(d) for d in density], max_decoder_cosine=[float(c) for c in max_dec],
         log10_density_histogram={"counts": hist.tolist(), "edges": edges.tolist()},
     )
-    return CoreResult(eval="core", sae=SAEInfo.of(sae), model=host.name, preset=ctx.preset, config=config,
-                      metrics=CoreMetrics(**metrics), details=details)
+    return CoreResult(**ctx.envelope("core", sae), config=config, metrics=CoreMetrics(**metrics), details=details)
 
 
 SPEC = register_eval(EvalSpec(

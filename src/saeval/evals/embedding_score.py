@@ -32,7 +32,7 @@ from saeval.evals.base import EvalConfig, EvalContext, EvalSpec, register_eval
 from saeval.evals.explain import DEMO_EXPLAIN, TINY_EXPLAIN, ExplainConfig, memo_self_explain, pick_latents
 from saeval.evals.windows import ActExample, WindowsResult, collect_windows
 from saeval.llm import LLMError, chat_model
-from saeval.results import EvalResult, SAEInfo
+from saeval.results import EvalResult
 
 QUERY_PREFIX = (
     "Instruct: Retrieve sentences that could be related to the explanation.\nQuery:"  # no space: as delphi
@@ -295,15 +295,7 @@ def run(ctx: EvalContext, sae, config: EmbeddingConfig) -> EmbeddingResult:
         n_tokens_scanned=windows.n_tokens,
         scores=ordered,
     )
-    return EmbeddingResult(
-        eval="embedding_score",
-        sae=SAEInfo.of(sae),
-        model=host.name,
-        preset=ctx.preset,
-        config=config,
-        metrics=metrics,
-        details=details,
-    )
+    return EmbeddingResult(**ctx.envelope("embedding_score", sae), config=config, metrics=metrics, details=details)
 
 
 def _score_row(s: dict) -> str:

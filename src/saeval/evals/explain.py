@@ -35,7 +35,7 @@ from saeval.errors import SaevalError
 from saeval.evals.base import EvalConfig, EvalContext, EvalSpec, register_eval
 from saeval.hosts.hooks import get_attr
 from saeval.progress import track
-from saeval.results import EvalResult, SAEInfo
+from saeval.results import EvalResult
 
 TEMPLATES: dict[str, tuple[str, str]] = {
     # (user message, start of the assistant's reply); the reply is continued by the model.
@@ -417,15 +417,7 @@ def run(ctx: EvalContext, sae, config: ExplainConfig) -> ExplainResult:
         prompt=host.tokenizer.decode(ids),
         explanations=found,
     )
-    return ExplainResult(
-        eval="self_explanation",
-        sae=SAEInfo.of(sae),
-        model=host.name,
-        preset=ctx.preset,
-        config=config,
-        metrics=metrics,
-        details=details,
-    )
+    return ExplainResult(**ctx.envelope("self_explanation", sae), config=config, metrics=metrics, details=details)
 
 
 def report(records: list[dict]) -> str:

@@ -41,7 +41,7 @@ from saeval.evals.erasure import (
 )
 from saeval.evals.probes import LinearProbe, ProbeConfig, ProbeFit, generator
 from saeval.evals.tpp import quirks, split_validation, summarize
-from saeval.results import EvalResult, SAEInfo
+from saeval.results import EvalResult
 
 Mode = Literal["saebench", "validation"]
 PROBES = ("c2", "c1", "biased")  # SAEBench: "male / female", "professor / nurse", "male_professor / female_nurse"
@@ -290,7 +290,7 @@ def run(ctx: EvalContext, sae, config: SCRConfig) -> SCRResult:
         results[setup.task.name], details[setup.task.name] = run_pair(ctx, sae, setup, config)
     metrics, per_seed = summarize(results, config.seeds)
     return SCRResult(
-        eval="scr", sae=SAEInfo.of(sae), model=ctx.host.name, preset=ctx.preset, config=config,
+        **ctx.envelope("scr", sae), config=config,
         metrics=SCRMetrics(**metrics),
         details=SCRDetails(mode=config.mode, quirks=quirks(config.mode), pairs=details, per_seed=per_seed,
                            setup_seconds=round(setup_seconds, 2),

@@ -39,7 +39,7 @@ from saeval.evals.scr import (
 )
 from saeval.evals.tpp import quirks, summarize
 from saeval.judges import LatentEvidence, Question, explain, make_judge
-from saeval.results import EvalResult, SAEInfo
+from saeval.results import EvalResult
 
 
 class SHIFTConfig(PairConfig):
@@ -232,7 +232,7 @@ def run(ctx: EvalContext, sae, config: SHIFTConfig) -> SHIFTResult:
         metrics[key] = int(round(metrics[key] or 0))
     explainer = config.explainer if config.explainer in ("none", "tokens") else f"chat model {config.explainer}"
     return SHIFTResult(
-        eval="shift", sae=SAEInfo.of(sae), model=ctx.host.name, preset=ctx.preset, config=config,
+        **ctx.envelope("shift", sae), config=config,
         metrics=SHIFTMetrics(**metrics),
         details=SHIFTDetails(mode=config.mode, quirks=quirks(config.mode), judge=judge.name, explainer=explainer,
                              pairs=details, per_seed=per_seed, setup_seconds=round(setup_seconds, 2),

@@ -37,7 +37,7 @@ from saeval.evals.steering_metrics import (
     top_concepts,
 )
 from saeval.progress import track
-from saeval.results import EvalResult, SAEInfo
+from saeval.results import EvalResult
 
 PAPER_STRENGTHS = [-20.0, -5.0, 0.0, 5.0, 10.0, 20.0, 50.0, 150.0]
 
@@ -329,15 +329,7 @@ def run(ctx: EvalContext, sae, config: SteerabilityConfig) -> SteerabilityResult
         seconds_sweep=round(stats["seconds_sweep"], 3),
         latents=rows,
     )
-    return SteerabilityResult(
-        eval="steerability",
-        sae=SAEInfo.of(sae),
-        model=host.name,
-        preset=ctx.preset,
-        config=config,
-        metrics=metrics,
-        details=details,
-    )
+    return SteerabilityResult(**ctx.envelope("steerability", sae), config=config, metrics=metrics, details=details)
 
 
 def _r(values) -> list[float]:

@@ -42,7 +42,7 @@ from saeval.evals.synthetic_targets import (
     unit_decoder,
 )
 from saeval.progress import track
-from saeval.results import EvalResult, SAEInfo
+from saeval.results import EvalResult
 
 TARGET_TYPES = ("real", "sae_recon", "synthetic_structured", "synthetic_baseline", "random")
 # The paper's finding on GPT-2 (mean L2 MS step): real 51.60 < SAE recon 53.34 < structured 55.69
@@ -572,8 +572,7 @@ def run(ctx: EvalContext, sae, config: SyntheticConfig) -> SyntheticResult:
         plateau_threshold_derivation=derivation, final_resid_norm_median=resid_median, ordering=ordering,
         paper_ms_step=PAPER_MS_STEP, paper_plateau=PAPER_PLATEAU, examples=examples, warnings=warnings,
     )
-    return SyntheticResult(eval="synthetic", sae=SAEInfo.of(sae), model=host.name, preset=ctx.preset,
-                           config=config, metrics=metrics, details=details)
+    return SyntheticResult(**ctx.envelope("synthetic", sae), config=config, metrics=metrics, details=details)
 
 
 @torch.inference_mode()

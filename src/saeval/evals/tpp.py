@@ -39,7 +39,7 @@ from saeval.evals.erasure import (
     top_n,
 )
 from saeval.evals.probes import LinearProbe, ProbeConfig, generator, one_vs_rest_negatives
-from saeval.results import EvalResult, SAEInfo
+from saeval.results import EvalResult
 
 Mode = Literal["saebench", "validation"]
 
@@ -254,7 +254,7 @@ def run(ctx: EvalContext, sae, config: TPPConfig) -> TPPResult:
         setup += seconds
     metrics, per_seed = summarize(results, config.seeds)
     return TPPResult(
-        eval="tpp", sae=SAEInfo.of(sae), model=ctx.host.name, preset=ctx.preset, config=config,
+        **ctx.envelope("tpp", sae), config=config,
         metrics=TPPMetrics(**metrics),
         details=TPPDetails(mode=config.mode, quirks=quirks(config.mode), datasets=details, per_seed=per_seed,
                            setup_seconds=round(setup, 2), sae_seconds=round(time.time() - start - setup, 2)),
