@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from transformers import Gemma2Config, Gemma2ForCausalLM, GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
@@ -122,3 +123,21 @@ def test_generation_is_seeded_and_sees_interventions(tiny_host):
                                  temperature=0)
     plain = tiny_host.generate(prompt, max_new_tokens=5, temperature=0)
     assert not torch.equal(steered, plain)
+
+
+def test_sampler_matches_softmax_distribution():
+    """Inverse-CDF sampling (two-level, float64 running total) draws each token with its softmax probability,
+    never a masked one, also when the vocabulary is not a multiple of the block size."""
+    from saeval.hosts.lm import sample_from_logits
+
+    logits = torch.tensor([[0.0, 1.0, 2.0, -1.0, -40.0, 0.5, -torch.inf, 3.0, -2.0, -torch.inf, 1.5]])
+    n = 40_000
+    picks = sample_from_logits(logits.expand(n, -1).contiguous(), torch.Generator().manual_seed(0), block=4)[:, 0]
+    observed = np.bincount(picks.numpy(), minlength=logits.shape[1])
+    expected = torch.softmax(logits, -1)[0].double().numpy() * n
+    assert observed[6] == 0 and observed[9] == 0
+    live = expected > 5
+    chi2 = ((observed[live] - expected[live]) ** 2 / expected[live]).sum()
+    assert chi2 < 30, (observed, expected.round())  # 8 degrees of freedom: p ~ 2e-4
+    again = sample_from_logits(logits.expand(n, -1).contiguous(), torch.Generator().manual_seed(0), block=4)[:, 0]
+    assert torch.equal(picks, again)

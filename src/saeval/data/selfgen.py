@@ -23,7 +23,8 @@ CORPUS_NAME = "self-generated"
 
 
 def _cache_path(host, seed: int, temperature: float, sample_len: int):
-    label = json.dumps([host.name, len(host.tokenizer), host.bos_id, seed, temperature, sample_len])
+    # "inverse-cdf": the sampler of LanguageHost.generate; a different sampler gives different samples.
+    label = json.dumps([host.name, len(host.tokenizer), host.bos_id, seed, temperature, sample_len, "inverse-cdf"])
     return cache_dir() / "selfgen" / f"{hashlib.sha1(label.encode()).hexdigest()[:16]}.pt"
 
 
