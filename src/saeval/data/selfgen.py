@@ -22,9 +22,11 @@ from saeval.progress import progress_bar
 CORPUS_NAME = "self-generated"
 
 
-def _cache_path(host, seed: int, temperature: float, sample_len: int):
-    # "inverse-cdf": the sampler of LanguageHost.generate; a different sampler gives different samples.
-    label = json.dumps([host.name, len(host.tokenizer), host.bos_id, seed, temperature, sample_len, "inverse-cdf"])
+def _cache_path(host, seed: int, temperature: float, sample_len: int, batch_size: int):
+    # Batch b is sampled with its own seed, so the batch size and the sampler ("inverse-cdf", the one of
+    # LanguageHost.generate) decide which samples come out: both are part of the key.
+    key = [host.name, len(host.tokenizer), host.bos_id, seed, temperature, sample_len, batch_size, "inverse-cdf"]
+    label = json.dumps(key)
     return cache_dir() / "selfgen" / f"{hashlib.sha1(label.encode()).hexdigest()[:16]}.pt"
 
 
@@ -38,7 +40,7 @@ def generate_documents(
     host,
     n_tokens: int,
     sample_len: int = 127,
-    batch_size: int = 32,
+    batch_size: int = 128,
     temperature: float = 1.0,
     seed: int = 0,
     min_doc_tokens: int = 1,
@@ -46,7 +48,7 @@ def generate_documents(
     """At least ``n_tokens`` tokens of unconditional samples (each up to ``sample_len`` tokens), cached."""
     if sample_len < 1 or batch_size < 1:
         raise SaevalError("self-generated corpus needs sample_len >= 1 and batch_size >= 1")
-    path = _cache_path(host, seed, temperature, sample_len)
+    path = _cache_path(host, seed, temperature, sample_len, batch_size)
     state: dict[str, Any] = torch.load(path) if path.exists() else {"docs": [], "batches": 0}
     docs: list[Tensor] = state["docs"]
     total = sum(len(d) for d in docs if len(d) >= min_doc_tokens)
@@ -85,7 +87,7 @@ def generate_documents(
 
 
 def load_selfgen_contexts(
-    host, n_tokens: int, ctx_len: int = 128, seed: int = 0, batch_size: int = 32, temperature: float = 1.0
+    host, n_tokens: int, ctx_len: int = 128, seed: int = 0, batch_size: int = 128, temperature: float = 1.0
 ) -> Tensor:
     """Contexts [BOS, ctx_len - 1 sampled tokens] holding about ``n_tokens`` tokens of the host's own text.
 

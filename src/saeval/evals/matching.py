@@ -235,6 +235,7 @@ def cross_data_metrics(
     batch_size: int = 8,
     seed: int = 0,
     hook: str | None = None,
+    contexts_NL: Tensor | None = None,
 ) -> dict[str, Any]:
     """FaithfulSAE's cross-dataset metrics of ``sae`` on ``corpus`` (e.g. an SAE trained on State of the Union
     text evaluated on the model's own samples, corpus "self-generated").
@@ -249,7 +250,7 @@ def cross_data_metrics(
     hook = hook or sae.cfg.hook_name
     if not hook:
         raise SaevalError(f"SAE {sae.name} names no hook: pass hook=")
-    contexts = load_contexts(host, corpus, n_tokens, ctx_len, seed)
+    contexts = load_contexts(host, corpus, n_tokens, ctx_len, seed) if contexts_NL is None else contexts_NL
     stats = ReconstructionStats(sae.d_in, sae.d_sae)
     sums = np.zeros(5)  # err, err^2, x, x^2, element count
     ce = np.zeros(3)  # clean, sae, positions
