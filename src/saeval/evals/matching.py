@@ -242,7 +242,8 @@ def cross_data_metrics(
 
     explained_variance is the core eval's (1 - E||x - xhat||^2 / total variance); explained_variance_faithfulsae
     and l2_loss follow FaithfulSAE's scripts (1 - Var(x - xhat) / Var(x) and the mean squared error, both over
-    all elements); ce_diff = CE with xhat spliced at the hook - clean CE. Special tokens are excluded."""
+    all elements); ce_diff = CE with xhat spliced at the hook - clean CE. Special tokens are excluded.
+    ``contexts_NL`` (e.g. a held-out split) replaces the draw from ``corpus``, which then only names them."""
     from saeval.data.corpora import load_contexts
     from saeval.evals.core import ReconstructionStats, next_token_stats
     from saeval.progress import track
