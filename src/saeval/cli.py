@@ -173,4 +173,5 @@ def main() -> None:  # pragma: no cover
 from saeval.casestudy import case_study as _case_study  # noqa: E402  (FaithfulSAE case study)
 
 app.command("case-study")(_case_study)
+app.command("faithful")(__import__("saeval.faithful", fromlist=["faithful"]).faithful)  # FaithfulSAE data study
 app.command("steer-clip")(__import__("saeval.clip_cli", fromlist=["steer_clip"]).steer_clip)  # CLIP steerability

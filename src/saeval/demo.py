@@ -49,6 +49,7 @@ def run_demo(out_dir: Path, force: bool = False) -> Path:
     import time
 
     import saeval.casestudy  # noqa: F401  (adds the FaithfulSAE case study to PAIR_STUDIES)
+    import saeval.faithful  # noqa: F401  (adds the SOTU vs self-generated SAE comparison to PAIR_STUDIES)
     from saeval.evals import EVALS, EvalContext, get_eval, run_evals
     from saeval.hosts import LanguageHost
     from saeval.report import build_report
