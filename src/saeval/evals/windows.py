@@ -13,8 +13,9 @@ fixed random pool of windows (the non-activating candidates), both O(latents x R
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -62,14 +63,14 @@ class WindowsResult:
     contexts_NL: Tensor
     n_tokens: int  # ordinary tokens seen
     n_windows: int
-    latents: dict[int, LatentWindows]
+    latents: Mapping[int, LatentWindows]
     never_fired: list[int]
     # window id = context * windows_per_context + index; start position = 1 + index * window
     windows_per_context: int = 0
     # latent -> [(window id, max act)]: a uniform sample of its activating windows
-    reservoir: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
+    reservoir: Mapping[int, list[tuple[int, float]]] = field(default_factory=dict)
     pool_ids: list[int] = field(default_factory=list)
-    pool_max: dict[int, list[float]] = field(default_factory=dict)  # latent -> max act on each pool window
+    pool_max: Mapping[int, list[float]] = field(default_factory=dict)  # latent -> max act on each pool window
 
     def window_tokens(self, window_id: int) -> list[int]:
         ctx, idx = divmod(window_id, self.windows_per_context)
@@ -183,79 +184,91 @@ class WindowCollector:
                     self.pool_max[self.pool_pos[wid]] = max_NF[n]
 
     def result(self, tokenizer, contexts_NL: Tensor) -> WindowsResult:
-        W, n_w = self.window, self.wpc
+        """The pass's records. Per-latent lists are built on first access (a pass over thousands of latents is
+        usually read for a few of them), so finishing a pass costs O(latents), not O(latents x k x window)."""
         feats = self.feats.tolist()
-        pieces: dict[int, str] = {}
+        active = self.active_tokens.tolist()
         rows = contexts_NL.tolist()
-        lists: dict[str, list[list[ActExample]]] = {}
-        for c in CRITERIA:
-            acts = self.acts[c]
-            score = {"mean": acts.mean(-1), "max": acts.amax(-1), "density": (acts > 0).float().mean(-1)}[c]
-            n_kept = torch.isfinite(self.keys[c]).sum(1).tolist()
-            ids, scores = self.ids[c].tolist(), score.tolist()
-            acts_l = (acts * 1e5).round().div(1e5).tolist()
-            per_latent = []
-            for i in range(len(feats)):
-                examples = []
-                for slot in range(n_kept[i]):
-                    ctx, idx = divmod(ids[i][slot], n_w)
-                    start = 1 + idx * W
-                    tokens = rows[ctx][start : start + W]
-                    for t in tokens:
-                        if t not in pieces:
-                            pieces[t] = tokenizer.decode([t])
-                    # model_construct: the fields are built here, typed already (no per-example validation).
-                    examples.append(
-                        ActExample.model_construct(
-                            tokens=tokens,
-                            texts=[pieces[t] for t in tokens],
-                            acts=acts_l[i][slot],
-                            context=ctx,
-                            start=start,
-                            score=scores[i][slot],
-                        )
-                    )
-                per_latent.append(examples)
-            lists[c] = per_latent
-        active, windows, max_act = self.active_tokens.tolist(), self.active_windows.tolist(), self.max_act.tolist()
-        latents = {
-            f: LatentWindows.model_construct(
-                latent=f,
+        pieces: dict[int, str] = {}
+
+        def text(token: int) -> str:
+            if token not in pieces:
+                pieces[token] = tokenizer.decode([token])
+            return pieces[token]
+
+        def latent_windows(i: int) -> LatentWindows:
+            lists = {c: self._examples(c, i, rows, text) for c in CRITERIA}
+            return LatentWindows.model_construct(
+                latent=feats[i],
                 fired=active[i] > 0,
                 n_active_tokens=active[i],
-                n_active_windows=windows[i],
-                max_act=max_act[i],
-                mean=lists["mean"][i],
-                density=lists["density"][i],
-                max=lists["max"][i],
+                n_active_windows=int(self.active_windows[i]),
+                max_act=float(self.max_act[i]),
+                **lists,
             )
-            for i, f in enumerate(feats)
-        }
-        reservoir = {}
-        if self.R:
-            keep, res_ids, res_max = (
-                torch.isfinite(self.res_key).sum(1).tolist(),
-                self.res_ids.tolist(),
-                self.res_max.tolist(),
-            )
-            reservoir = {
-                f: list(zip(res_ids[i][: keep[i]], res_max[i][: keep[i]], strict=True)) for i, f in enumerate(feats)
-            }
-        pool_max = self.pool_max.T.tolist()
+
+        def reservoir(i: int) -> list[tuple[int, float]]:
+            keep = int(torch.isfinite(self.res_key[i]).sum())
+            return list(zip(self.res_ids[i, :keep].tolist(), self.res_max[i, :keep].tolist(), strict=True))
+
         return WindowsResult(
             features=feats,
-            window=W,
+            window=self.window,
             k=self.k,
             contexts_NL=contexts_NL,
             n_tokens=self.n_tokens,
-            n_windows=len(contexts_NL) * n_w,
-            latents=latents,
-            never_fired=[f for f, lw in latents.items() if not lw.fired],
-            windows_per_context=n_w,
-            reservoir=reservoir,
+            n_windows=len(contexts_NL) * self.wpc,
+            latents=LazyRecords(feats, latent_windows),
+            never_fired=[f for f, n in zip(feats, active, strict=True) if n == 0],
+            windows_per_context=self.wpc,
+            reservoir=LazyRecords(feats, reservoir) if self.R else {},
             pool_ids=sorted(self.pool_pos),
-            pool_max={f: pool_max[i] for i, f in enumerate(feats)},
+            pool_max=LazyRecords(feats, lambda i: self.pool_max[:, i].tolist()),
         )
+
+    def _examples(self, criterion: str, i: int, rows: list[list[int]], text) -> list[ActExample]:
+        """Latent row ``i``'s kept windows under ``criterion``, best first."""
+        W = self.window
+        acts = self.acts[criterion][i]
+        score = {"mean": acts.mean(-1), "max": acts.amax(-1), "density": (acts > 0).float().mean(-1)}[criterion]
+        n_kept = int(torch.isfinite(self.keys[criterion][i]).sum())
+        acts_l = (acts * 1e5).round().div(1e5).tolist()
+        examples = []
+        for slot, (wid, sc) in enumerate(zip(self.ids[criterion][i, :n_kept].tolist(), score.tolist(), strict=False)):
+            ctx, idx = divmod(wid, self.wpc)
+            start = 1 + idx * W
+            tokens = rows[ctx][start : start + W]
+            # model_construct: the fields are built here, typed already (no per-example validation).
+            examples.append(
+                ActExample.model_construct(
+                    tokens=tokens, texts=[text(t) for t in tokens], acts=acts_l[slot], context=ctx, start=start,
+                    score=sc,
+                )
+            )
+        return examples
+
+
+V = TypeVar("V")
+
+
+class LazyRecords(Mapping[int, V]):
+    """latent -> record, each built on first access from the latent's row in the collector's buffers."""
+
+    def __init__(self, latents: list[int], build: Callable[[int], V]):
+        self._row = {f: i for i, f in enumerate(latents)}
+        self._build = build
+        self._done: dict[int, V] = {}
+
+    def __getitem__(self, latent: int) -> V:
+        if latent not in self._done:
+            self._done[latent] = self._build(self._row[latent])  # KeyError for a latent not in the pass
+        return self._done[latent]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._row)
+
+    def __len__(self) -> int:
+        return len(self._row)
 
 
 def _pick(pos: Tensor, n_old: int, old: Tensor, new: Tensor) -> Tensor:
