@@ -139,7 +139,6 @@ class WindowCollector:
         f_BLF = f_BLF.float().cpu()
         f_BLF[~mask_BL] = 0.0  # special tokens never count (SAE activations are >= 0 otherwise)
         self.n_tokens += int(mask_BL.sum())
-        self.active_tokens += torch.count_nonzero(f_BLF, dim=(0, 1))
         f_NWF = f_BLF[:, 1 : 1 + n_w * W].reshape(B * n_w, W, -1)
         max_NF = f_NWF.amax(1)
         mean64 = f_NWF.sum(1).double() / W
@@ -148,7 +147,11 @@ class WindowCollector:
         self.max_act = torch.maximum(self.max_act, max_NF.amax(0))
         ids_N = torch.arange(B * n_w) + first_context * n_w
         # density: nonzero count, ties broken by the mean (the added term stays in [0, 0.5)).
-        density = torch.count_nonzero(f_NWF, dim=1).double() + 0.5 * mean64 / (1 + mean64)
+        nonzero_NF = torch.count_nonzero(f_NWF, dim=1)
+        # Active tokens: those inside the windows plus the few after the last window (BOS is masked out).
+        tail_F = torch.count_nonzero(f_BLF[:, 1 + n_w * W :], dim=(0, 1))
+        self.active_tokens += nonzero_NF.sum(0) + tail_F
+        density = nonzero_NF.double() + 0.5 * mean64 / (1 + mean64)
         keys = {"mean": mean64, "max": max_NF.double(), "density": density}
         acts_FNW = f_NWF.permute(2, 0, 1)  # a view: only the kept windows are copied below
         # Only latents for which some new window beats their current k-th best are touched: once the buffers
