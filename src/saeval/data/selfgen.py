@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -79,11 +82,17 @@ def generate_documents(
                     raise SaevalError(
                         f"{host.name} samples end immediately from BOS: it cannot self-generate text"
                     )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)
+                _save(state, path)  # after every batch: an interrupted run keeps what it generated
     return docs
+
+
+def _save(state: dict[str, Any], path: Path) -> None:
+    """Atomic write through a private temp file (two processes may extend the same cache)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    torch.save(state, tmp)
+    os.replace(tmp, path)
 
 
 def load_selfgen_contexts(
