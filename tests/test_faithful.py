@@ -43,6 +43,13 @@ def test_study_runs_caches_and_resumes(tiny_host, cache, tmp_path, monkeypatch):
     assert set(result["cross_seed"]) == {"sotu", SELF}
     assert result["sizes"][SELF] == {"train_contexts": 64, "held_out_contexts": 16}
     assert json.loads((out / "faithful.json").read_text()) == json.loads(json.dumps(result))
+
+    def seed_of(name: str) -> str:
+        return name.split("-s")[-1].split("-")[0]
+
+    # Across corpora only different seeds are compared; the same-seed pairs are the initialisation check.
+    assert all(seed_of(m["sae_a"]) != seed_of(m["sae_b"]) for m in result["cross_corpus"])
+    assert all(seed_of(m["sae_a"]) == seed_of(m["sae_b"]) for m in result["same_seed_check"])
     assert "<table>" in (out / "faithful.section.html").read_text()
 
     # The four SAEs are cached: a study elsewhere trains nothing and gives the same numbers.
