@@ -1,10 +1,14 @@
 """Feature matching: time and peak memory vs width, dense Hungarian vs the sparse candidate-graph solve.
 
-Two synthetic decoders of d_in 576 (SmolLM2's width) where 60% of SAE-2's rows are noisy copies of SAE-1 rows,
-as for two SAEs trained with different seeds. Each run happens in a fresh subprocess so its peak memory
-(VmHWM after resetting it) is its own. Prints seconds, peak MB, shared ratio and the ratios between runs.
+Two synthetic decoders of d_in 576 (SmolLM2's width). Case "planted": 60% of SAE-2's rows are noisy copies of
+SAE-1 rows, as for two SAEs trained with different seeds. Case "random": two independent random decoders (no
+shared structure, like undertrained SAEs), where near-ties make the assignment hardest. Each run happens in a
+fresh subprocess so its peak memory (VmHWM after resetting it, above the RSS holding the decoders) is its own.
+Prints seconds (and per phase), peak MB, shared ratio, whether the result is certified exact and its optimality
+gap bound, the summed matched cosine, then the ratios between runs.
 
     python benchmarks/bench_matching.py [--widths 4096,8192,16384] [--dense-max 16384] [--k 8]
+        [--cases planted,random]
 """
 
 from __future__ import annotations
@@ -23,35 +27,63 @@ def _status(field: str) -> float:
     return float("nan")
 
 
-def _one(width: int, method: str, k: int, out) -> None:
+def decoders(width: int, case: str, d_in: int = 576):
+    import torch
+    from torch.nn.functional import normalize
+
+    g = torch.Generator().manual_seed(width)
+    A = normalize(torch.randn(width, d_in, generator=g), dim=1)
+    B = normalize(torch.randn(width, d_in, generator=g), dim=1)
+    if case == "planted":
+        n = int(0.6 * width)
+        perm = torch.randperm(width, generator=g)[:n]
+        B[:n] = normalize(A[perm] + 0.6 * torch.randn(n, d_in, generator=g) / 24, dim=1)
+    return A, B
+
+
+def _one(width: int, case: str, method: str, k: int, out) -> None:
     import torch
 
     from saeval.evals.matching import match_saes
 
     torch.set_num_threads(2)
-    g = torch.Generator().manual_seed(width)
-    A = torch.nn.functional.normalize(torch.randn(width, 576, generator=g), dim=1)
-    B = torch.nn.functional.normalize(torch.randn(width, 576, generator=g), dim=1)
-    n = int(0.6 * width)
-    perm = torch.randperm(width, generator=g)[:n]
-    B[:n] = torch.nn.functional.normalize(A[perm] + 0.6 * torch.randn(n, 576, generator=g) / 24, dim=1)
+    A, B = decoders(width, case)
     base = _status("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
     start = time.time()
     res = match_saes(A, B, method=method, k=k)
     seconds = time.time() - start
-    out.put({"width": width, "method": res.method, "exact": res.exact, "seconds": seconds,
-             "peak_mb": _status("VmHWM") - base, "shared": res.shared_feature_ratio, "top1": res.top1_ratio})
+    out.put(
+        {
+            "width": width,
+            "case": case,
+            "method": res.method,
+            "exact": res.exact,
+            "seconds": seconds,
+            "peak_mb": _status("VmHWM") - base,
+            "shared": res.shared_feature_ratio,
+            "top1": res.top1_ratio,
+            "gap": res.gap,
+            "value": float(res.similarity.astype("float64").sum()),
+            "phases": res.phases,
+        }
+    )
 
 
-def run(width: int, method: str, k: int) -> dict:
+def run(width: int, case: str, method: str, k: int) -> dict:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_one, args=(width, method, k, q))
+    p = ctx.Process(target=_one, args=(width, case, method, k, q))
     p.start()
     result = q.get()
     p.join()
     return result
+
+
+def _round(v):
+    if isinstance(v, dict):
+        return {k: _round(x) for k, x in v.items()}
+    return round(v, 4) if isinstance(v, float) else v
 
 
 def main() -> None:
@@ -59,30 +91,43 @@ def main() -> None:
     ap.add_argument("--widths", default="4096,8192,16384")
     ap.add_argument("--dense-max", type=int, default=16384)
     ap.add_argument("--k", type=int, default=8)
+    ap.add_argument("--cases", default="planted,random")
     args = ap.parse_args()
     rows = []
-    for w in [int(x) for x in args.widths.split(",")]:
+    for case in args.cases.split(","):
+        for w in [int(x) for x in args.widths.split(",")]:
+            for method in ("sparse", "dense"):
+                if method == "dense" and w > args.dense_max:
+                    continue
+                r = run(w, case, method, args.k)
+                rows.append(r)
+                print(json.dumps(_round(r)), flush=True)
+    by = {(r["case"], r["width"], r["method"].split("(")[0]): r for r in rows}
+    print(f"{'case':8} {'width':>6} {'method':12} {'seconds':>8} {'peak MB':>8} {'shared':>7} {'exact':>6} {'gap':>8}")
+    for r in rows:
+        print(
+            f"{r['case']:8} {r['width']:6d} {r['method']:12} {r['seconds']:8.1f} {r['peak_mb']:8.0f} "
+            f"{r['shared']:7.4f} {r['exact']!s:>6} {r['gap']:8.3f}"
+        )
+    for case, w in sorted({(c, w) for c, w, _ in by}):
+        if (case, w, "dense") in by and (case, w, "sparse") in by:
+            d, s = by[(case, w, "dense")], by[(case, w, "sparse")]
+            print(
+                f"{case} width {w}: sparse/dense time {s['seconds'] / d['seconds']:.3f}, memory "
+                f"{s['peak_mb'] / max(d['peak_mb'], 1e-9):.2f}, shared ratio dense {d['shared']:.4f} sparse "
+                f"{s['shared']:.4f}, summed cosine dense {d['value']:.3f} sparse {s['value']:.3f} "
+                f"(sparse certified exact: {s['exact']}, gap bound {s['gap']:.3f})"
+            )
+    for case in args.cases.split(","):
         for method in ("sparse", "dense"):
-            if method == "dense" and w > args.dense_max:
-                continue
-            r = run(w, method, args.k)
-            rows.append(r)
-            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}), flush=True)
-    by = {(r["width"], r["method"].split("(")[0]): r for r in rows}
-    widths = sorted({r["width"] for r in rows})
-    for w in widths:
-        if (w, "dense") in by and (w, "sparse") in by:
-            d, s = by[(w, "dense")], by[(w, "sparse")]
-            print(f"width {w}: sparse/dense time {s['seconds'] / d['seconds']:.2f}, memory "
-                  f"{s['peak_mb'] / max(d['peak_mb'], 1e-9):.2f}, shared ratio dense {d['shared']:.4f} sparse "
-                  f"{s['shared']:.4f} (sparse certified exact: {s['exact']})")
-    for method in ("sparse", "dense"):
-        ws = [w for w in widths if (w, method) in by]
-        for a, b in zip(ws, ws[1:], strict=False):
-            ta, tb = by[(a, method)]["seconds"], by[(b, method)]["seconds"]
-            ma, mb = by[(a, method)]["peak_mb"], by[(b, method)]["peak_mb"]
-            growth = mb / max(ma, 1e-9)
-            print(f"{method}: width x{b / a:.0f} ({a} -> {b}): time x{tb / ta:.2f}, peak memory x{growth:.2f}")
+            ws = sorted(w for c, w, m in by if c == case and m == method)
+            for a, b in zip(ws, ws[1:], strict=False):
+                ra, rb = by[(case, a, method)], by[(case, b, method)]
+                growth = rb["peak_mb"] / max(ra["peak_mb"], 1e-9)
+                print(
+                    f"{case} {method}: width x{b / a:.0f} ({a} -> {b}): time x{rb['seconds'] / ra['seconds']:.2f}, "
+                    f"peak memory x{growth:.2f}"
+                )
 
 
 if __name__ == "__main__":

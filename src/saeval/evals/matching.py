@@ -7,26 +7,29 @@ full F1 x F2 matrix is only materialised when an exact dense assignment is affor
 - shared feature ratio: Hungarian assignment maximising the summed cosine (scipy linear_sum_assignment),
   then the fraction of matched pairs above the threshold.
 
-Wide SAEs (e.g. two 65k dictionaries) do not fit a dense assignment: there the assignment is solved exactly on
-a sparse candidate graph (each latent's top-k partners on either side) with
-scipy.sparse.csgraph.min_weight_full_bipartite_matching. Dummy nodes keep that problem feasible; it maximises
-the number of matched pairs first and the summed cosine second, so when the dense optimum uses only candidate
-edges both solvers return the same matching. Latents left without a candidate partner are assigned among
-themselves afterwards.
+Wide SAEs (e.g. two 65k dictionaries) do not fit a dense assignment. There each latent of the smaller SAE keeps
+its top-k partners, and since no other partner beats its (k+1)-th cosine, the dense problem relaxes to a
+max-weight matching on that sparse candidate graph (see _sparse_assign). That is a linear program with integral
+vertices: HiGHS's dual simplex solves it exactly in seconds at 65k latents (scipy's LAPJVsp, kept as the
+fallback, scans every column at each step of its shortest-path search and took minutes at 32k), and its duals
+are checked as a certificate. When the relaxation matches every latent, the matching is certified optimal for
+the dense problem. Otherwise (typical for unshared latents, whose optimal partners lie deeper than top-k) the
+result is flagged as not certified, with a bound on how far its summed cosine can be below the optimum; it is
+completed by re-solving the unmatched latents and those of the weakest pairs, as many as fit, exactly and densely.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
+from scipy.optimize import linear_sum_assignment, linprog
 from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 from torch import Tensor
 
@@ -34,6 +37,11 @@ from saeval.errors import SaevalError
 
 THRESHOLD = 0.7
 DENSE_LIMIT = 8192  # exact dense assignment when n_a * n_b <= DENSE_LIMIT**2 (~0.5 GB of float64 costs)
+BLOCK = 2**25  # cosine entries per chunk of a chunked pass (128 MB of float32)
+GAP_TOL = 1e-6  # summed cosine: the LP's matching is accepted when its dual bound is this close (else LAPJVsp)
+GROW, GROW_ROUNDS = 4, 2  # rows the relaxation leaves unmatched get GROW x longer candidate lists, this many times
+GROW_MAX = 0.02  # ... while they are at most this fraction of the rows (else each round costs a full LP solve
+# and, for unshared latents, only displaces others: certification is out of reach there anyway)
 
 
 @dataclass
@@ -52,6 +60,8 @@ class MatchResult:
     n_a: int
     n_b: int
     seconds: float = 0.0
+    gap: float = 0.0  # the summed cosine is at most this far below the dense optimum (~0 when exact)
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase (cosines/top-k, solve, ...)
 
     @property
     def pairs(self) -> list[tuple[int, int, float]]:
@@ -72,6 +82,7 @@ class MatchResult:
             "threshold": self.threshold,
             "method": self.method,
             "exact": self.exact,
+            "optimality_gap": self.gap,
             "n_a": self.n_a,
             "n_b": self.n_b,
             "n_pairs": len(self.rows),
@@ -102,84 +113,173 @@ def cosine_matrix(W_a: Tensor, W_b: Tensor, chunk: int = 4096) -> np.ndarray:
 
 
 def topk_both_sides(
-    W_a: Tensor, W_b: Tensor, k: int, chunk: int = 2048, k_cols: int | None = None
-) -> tuple[Tensor, ...]:
+    W_a: Tensor, W_b: Tensor, k: int, chunk: int | None = None, k_cols: int | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """One chunked pass over C = A B^T: each row's top-k columns and each column's top-``k_cols`` rows.
 
     Returns (row_val [n_a, k], row_idx, col_val [k_cols, n_b], col_idx); col_val[0] holds each SAE-2 latent's
-    best cosine (the top-1 ratio's input)."""
-    A, B = unit_rows(W_a), unit_rows(W_b)
+    best cosine (the top-1 ratio's input). With k_cols=1 only that maximum is kept and col_idx is None: torch's
+    max with indices over dim 0 costs ~10x the plain amax, more than the matmul itself."""
+    return _topk_pass(unit_rows(W_a), unit_rows(W_b), k, chunk, k_cols)
+
+
+def _topk_pass(
+    A: Tensor, B: Tensor, k: int, chunk: int | None = None, k_cols: int | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """topk_both_sides on unit rows (no normalised copies: 300 MB at 65k latents)."""
+    chunk = chunk or max(1, BLOCK // max(len(B), 1))
     ka, kb = min(k, len(B)), min(k if k_cols is None else k_cols, len(A))
     row_val, row_idx = torch.empty(len(A), ka), torch.empty(len(A), ka, dtype=torch.long)
     col_val = torch.full((kb, len(B)), -torch.inf)
-    col_idx = torch.zeros(kb, len(B), dtype=torch.long)
+    col_idx = None if kb == 1 else torch.zeros(kb, len(B), dtype=torch.long)
     for s in range(0, len(A), chunk):
-        block = A[s : s + chunk] @ B.T  # [c, n_b]
-        row_val[s : s + chunk], row_idx[s : s + chunk] = block.topk(ka, dim=1)
-        if kb == 1:
-            v, i = block.max(dim=0, keepdim=True)
-        else:
-            v, i = block.topk(min(kb, len(block)), dim=0)
-        merged_v = torch.cat([col_val, v])
-        merged_i = torch.cat([col_idx, i + s])
-        col_val, pos = merged_v.topk(kb, dim=0)
-        col_idx = merged_i.gather(0, pos)
+        block_CB = A[s : s + chunk] @ B.T
+        row_val[s : s + chunk], row_idx[s : s + chunk] = block_CB.topk(ka, dim=1)
+        if col_idx is None:
+            col_val = torch.maximum(col_val, block_CB.amax(0, keepdim=True))
+            continue
+        v, i = block_CB.topk(min(kb, len(block_CB)), dim=0)
+        col_val, pos = torch.cat([col_val, v]).topk(kb, dim=0)
+        col_idx = torch.cat([col_idx, i + s]).gather(0, pos)
     return row_val, row_idx, col_val, col_idx
 
 
-# rows, cols, cosines, exact (provably optimal for the full problem), best cosine of each B row (or None)
-Assignment = tuple[np.ndarray, np.ndarray, np.ndarray, bool, np.ndarray | None]
+class Assignment(NamedTuple):
+    rows: np.ndarray
+    cols: np.ndarray
+    sims: np.ndarray  # cosine of each pair
+    exact: bool  # provably optimal for the full (dense) problem
+    best_b: np.ndarray  # per B row: best cosine to any A row
+    best_a: np.ndarray  # per A row: best cosine to any B row
+    gap: float  # upper bound on (dense optimum - summed cosine)
+    phases: dict[str, float]
 
 
 def _dense_assign(A: Tensor, B: Tensor) -> Assignment:
-    C = cosine_matrix(A, B)
-    r, c = linear_sum_assignment(C, maximize=True)
-    return r, c, C[r, c], True, C.max(0)
+    start = time.time()
+    A, B = unit_rows(A), unit_rows(B)
+    # -cos in C-contiguous float64 is what linear_sum_assignment works on: a float32 input or maximize=True
+    # would cost two more n_a x n_b float64 copies (5 GB instead of 2 GB at 16k x 16k).
+    cost = np.empty((len(A), len(B)))
+    chunk = max(1, BLOCK // max(len(B), 1))
+    for s in range(0, len(A), chunk):
+        np.negative((A[s : s + chunk] @ B.T).numpy(), out=cost[s : s + chunk])
+    cosine = time.time() - start
+    r, c = linear_sum_assignment(cost)
+    phases = {"cosine": cosine, "solve": time.time() - start - cosine}
+    return Assignment(r, c, -cost[r, c], True, -cost.min(0, initial=np.inf), -cost.min(1, initial=np.inf), 0.0, phases)
+
+
+def _edges(val_RK: Tensor, idx_RK: Tensor, k: int, rows: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Candidate edges (row, col, cosine) of ``rows`` from their sorted top-(k+1) lists, and each row's bound on
+    the cosine to any column outside its list (-1 when the list holds every column)."""
+    k = min(k, idx_RK.shape[1])
+    bound = val_RK[:, k].double().numpy() if val_RK.shape[1] > k else np.full(len(rows), -1.0)
+    cos = val_RK[:, :k].reshape(-1).double().numpy()
+    return np.repeat(rows, k), idx_RK[:, :k].reshape(-1).numpy(), cos, bound
+
+
+def _max_weight_matching(er: np.ndarray, ec: np.ndarray, w: np.ndarray, n_a: int, n_b: int) -> tuple[np.ndarray, float]:
+    """Maximum-weight (not necessarily perfect) matching of the bipartite graph with edges (er, ec) and weights
+    w >= 0: the indices of the edges it uses, and an upper bound on the optimum that it attains (to GAP_TOL)."""
+    m = len(er)
+    if m == 0:
+        return np.zeros(0, dtype=np.int64), 0.0
+    # LP: max w.x with each vertex on at most one chosen edge, x >= 0. A bipartite incidence matrix is totally
+    # unimodular, so the simplex method's (basic) optimum is a 0/1 matching.
+    incidence = sp.csc_matrix(
+        (np.ones(2 * m), (np.concatenate([er, n_a + ec]), np.tile(np.arange(m), 2))), shape=(n_a + n_b, m)
+    )
+    res = linprog(-w, A_ub=incidence, b_ub=np.ones(n_a + n_b), bounds=(0, None), method="highs-ds")
+    if res.status == 0:
+        chosen = np.flatnonzero(res.x > 0.5)
+        integral = bool(np.all(np.abs(res.x - np.round(res.x)) < 1e-6))
+        one_to_one = len(np.unique(er[chosen])) == len(np.unique(ec[chosen])) == len(chosen)
+        # Weak duality, checked rather than trusted: for any y >= 0 on the vertices, a matching x weighs
+        # w.x = sum (y_r + y_c) x + sum (w - y_r - y_c) x <= sum y + sum max(w - y_r - y_c, 0).
+        y = np.maximum(-res.ineqlin.marginals, 0.0)
+        upper = float(y.sum() + np.maximum(w - y[er] - y[n_a + ec], 0.0).sum())
+        if integral and one_to_one and upper - w[chosen].sum() <= GAP_TOL:
+            return chosen, upper
+    return _lapjvsp_matching(er, ec, w, n_a, n_b)
+
+
+def _lapjvsp_matching(er: np.ndarray, ec: np.ndarray, w: np.ndarray, n_a: int, n_b: int) -> tuple[np.ndarray, float]:
+    """Same as _max_weight_matching, by scipy's LAPJVsp (exact, but slow beyond ~10k vertices; the fallback).
+
+    As a perfect matching on an augmented graph: row i may take its own dummy column (n_b + i), column j its own
+    dummy row (n_a + j), and dummy row (n_a + j) may take dummy column (n_b + i) wherever (i, j) is an edge, so
+    every matching of the graph extends to a perfect one. With cost K - w on edges and K elsewhere, every perfect
+    matching pays K (n_a + n_b) minus its real edges' weight; K = 3 > max w keeps every cost positive."""
+    K, m = 3.0, len(er)
+    rows = np.concatenate([er, np.arange(n_a), n_a + np.arange(n_b), n_a + ec])
+    cols = np.concatenate([ec, n_b + np.arange(n_a), np.arange(n_b), n_b + er])
+    vals = np.concatenate([K - w, np.full(n_a + n_b + m, K)])
+    match_rows, match_cols = min_weight_full_bipartite_matching(
+        sp.csr_matrix((vals, (rows, cols)), shape=(n_a + n_b, n_b + n_a))
+    )
+    real = (match_rows < n_a) & (match_cols < n_b)
+    edge_id = sp.csr_matrix((np.arange(1, m + 1), (er, ec)), shape=(n_a, n_b))
+    chosen = np.asarray(edge_id[match_rows[real], match_cols[real]]).ravel() - 1
+    return chosen, float(w[chosen].sum())
 
 
 def _sparse_assign(A: Tensor, B: Tensor, k: int, dense_limit: int) -> Assignment:
     """Exact assignment on the top-k candidate graph, certified optimal for the dense problem when it matches
     every row of the smaller side through candidate edges (see the bound below)."""
     if len(A) > len(B):
-        c, r, s, ok, _ = _sparse_assign(B, A, k, dense_limit)
-        return r, c, s, ok, None
+        t = _sparse_assign(B, A, k, dense_limit)
+        return Assignment(t.cols, t.rows, t.sims, t.exact, t.best_a, t.best_b, t.gap, t.phases)
     n_a, n_b = len(A), len(B)
     A, B = unit_rows(A), unit_rows(B)
-    row_val, row_idx, col_val, _ = topk_both_sides(A, B, k + 1, k_cols=1)
-    # A pair (i, j) outside row i's top-k has cos_ij <= bound_i, row i's (k+1)-th cosine.
-    bound = row_val[:, -1].double().numpy() if row_val.shape[1] > k else np.full(n_a, -1.0)
-    kk = min(k, row_idx.shape[1])
-    er = np.repeat(np.arange(n_a), kk)
-    ec = row_idx[:, :kk].reshape(-1).numpy()
-    cos = row_val[:, :kk].reshape(-1).double().numpy()
-    # Relaxation: maximise the sum of matched cosines + bound_i for every row left unmatched. Any dense
-    # assignment scores at most this (its pairs outside the candidates are worth <= bound_i, unmatched
-    # columns 0), so an optimum that leaves no row unmatched is optimal for the dense problem too. Candidate
-    # edges other than the rows' own top-k (e.g. the columns' top-k) would be worth <= bound_i: never needed.
-    # As a perfect matching on an augmented graph: row i may take its own dummy column (n_b + i), column j
-    # its own dummy row (n_a + j), and dummy row (n_a + j) may take dummy column (n_b + i) wherever (i, j) is
-    # an edge, so every matching of the candidate graph extends to a perfect one. With costs K - cos,
-    # K - bound_i, K and K, every perfect matching pays K (n_a + n_b) minus the relaxation's value; K = 3
-    # keeps every cost positive.
-    K, m = 3.0, len(er)
-    rows = np.concatenate([er, np.arange(n_a), n_a + np.arange(n_b), n_a + ec])
-    cols = np.concatenate([ec, n_b + np.arange(n_a), np.arange(n_b), n_b + er])
-    vals = np.concatenate([K - cos, K - bound, np.full(n_b, K), np.full(m, K)])
-    graph = sp.csr_matrix((vals, (rows, cols)), shape=(n_a + n_b, n_b + n_a))
-    match_rows, match_cols = min_weight_full_bipartite_matching(graph)
-    real = (match_rows < n_a) & (match_cols < n_b)
-    mr, mc = match_rows[real], match_cols[real]
+    phases = dict.fromkeys(("topk", "solve", "grow", "leftover"), 0.0)
+    start = time.time()
+    row_val, row_idx, col_val, _ = _topk_pass(A, B, k + 1, k_cols=1)
+    best_b, best_a = col_val[0].numpy(), row_val[:, 0].numpy()
+    er, ec, cos, bound = _edges(row_val, row_idx, k, np.arange(n_a))
+    phases["topk"] = time.time() - start
+    # A pair (i, j) outside row i's list has cos_ij <= bound_i. Relaxation: maximise the summed cosine of the
+    # matched candidate pairs + bound_i for every row left unmatched. Any dense assignment scores at most this
+    # (its pairs outside the lists are worth <= bound_i, unmatched columns 0), so an optimum that leaves no row
+    # unmatched is optimal for the dense problem too. Less sum(bound), it is a max-weight matching with weights
+    # cos_ij - bound_i >= 0. Rows it leaves unmatched get longer lists (lower bounds), and it is solved again.
+    k_rows = k
+    for round_ in range(GROW_ROUNDS + 1):
+        start = time.time()
+        chosen, upper = _max_weight_matching(er, ec, cos - bound[er], n_a, n_b)
+        phases["solve"] += time.time() - start
+        left_a = np.setdiff1d(np.arange(n_a), er[chosen])
+        if not len(left_a) or round_ == GROW_ROUNDS or k_rows >= n_b or len(left_a) > GROW_MAX * n_a:
+            break
+        start = time.time()
+        k_rows = min(k_rows * GROW, n_b)
+        val, idx, _, _ = _topk_pass(A[torch.from_numpy(left_a)], B, k_rows + 1, k_cols=1)
+        keep = ~np.isin(er, left_a)
+        gr, gc, gcos, bound[left_a] = _edges(val, idx, k_rows, left_a)
+        er, ec, cos = np.concatenate([er[keep], gr]), np.concatenate([ec[keep], gc]), np.concatenate([cos[keep], gcos])
+        phases["grow"] += time.time() - start
+    relaxed = upper + float(bound.sum())  # >= the dense optimum
+    mr, mc = er[chosen], ec[chosen]
     sims = (A[torch.from_numpy(mr)] * B[torch.from_numpy(mc)]).sum(-1).numpy()
-    best_b = col_val[0].numpy()
-    left_a = np.setdiff1d(np.arange(n_a), mr)
-    if len(left_a) == 0:
-        return mr, mc, sims, True, best_b
-    # Rows whose bound beat every free candidate: assign them among the free columns (exact for that
-    # sub-problem, but the whole is then not certified). Their cosines are all <= bound_i.
-    left_b = np.setdiff1d(np.arange(n_b), mc)
-    lr, lc, ls, _, _ = assign(A[torch.from_numpy(left_a)], B[torch.from_numpy(left_b)], dense_limit, 2 * k)
-    mr, mc = np.concatenate([mr, left_a[lr]]), np.concatenate([mc, left_b[lc]])
-    return mr, mc, np.concatenate([sims, ls]), False, best_b
+    value = float(cos[chosen].sum())
+    if len(left_a):
+        # Not certified. Complete the matching: the rows left unmatched (their bound beat every free candidate)
+        # and the rows of the weakest matched pairs, as many as fit a dense solve, are re-assigned exactly among
+        # their columns and the free ones. That can only raise the summed cosine (the pairs so far, with the
+        # unmatched rows among the free columns, are one feasible answer); the worst pairs gain most.
+        start = time.time()
+        extra = n_b - n_a
+        fit = int((np.sqrt(extra**2 + 4.0 * dense_limit**2) - extra) / 2)  # s rows x (s + extra) cols fit dense
+        weak = np.argsort(cos[chosen], kind="stable")
+        kept = weak[int(np.clip(fit - len(left_a), 0, len(weak))) :]
+        rows_s = np.setdiff1d(np.arange(n_a), mr[kept])
+        cols_s = np.setdiff1d(np.arange(n_b), mc[kept])
+        sub = assign(A[torch.from_numpy(rows_s)], B[torch.from_numpy(cols_s)], dense_limit, 2 * k)
+        mr, mc = np.concatenate([mr[kept], rows_s[sub.rows]]), np.concatenate([mc[kept], cols_s[sub.cols]])
+        sims = np.concatenate([sims[kept], sub.sims])
+        value = float(cos[chosen][kept].sum() + sub.sims.sum())
+        phases["leftover"] = time.time() - start
+    return Assignment(mr, mc, sims, not len(left_a), best_b, best_a, max(0.0, relaxed - value), phases)
 
 
 def assign(A: Tensor, B: Tensor, dense_limit: int = DENSE_LIMIT, k: int = 8) -> Assignment:
@@ -202,25 +302,26 @@ def match_saes(
         )
     if method not in ("auto", "dense", "sparse"):
         raise SaevalError(f"unknown matching method {method!r}: use auto, dense or sparse")
-    limit = {"auto": dense_limit, "dense": max(len(W_a), len(W_b)), "sparse": 0}[method]
-    rows, cols, sims, exact, best_b = assign(W_a, W_b, limit, k)
-    used = "dense" if len(W_a) * len(W_b) <= limit**2 else f"sparse(k={k})"
-    if best_b is None:  # more SAE-1 than SAE-2 latents in the sparse path: one more pass for the column max
-        best_b = topk_both_sides(W_a, W_b, 1)[2][0].numpy()
-    order = np.argsort(-sims, kind="stable")
+    if method == "dense" or (method == "auto" and len(W_a) * len(W_b) <= dense_limit**2):
+        res, used = _dense_assign(W_a, W_b), "dense"
+    else:
+        res, used = _sparse_assign(W_a, W_b, k, dense_limit), f"sparse(k={k})"
+    order = np.argsort(-res.sims, kind="stable")
     return MatchResult(
-        shared_feature_ratio=float((sims > threshold).mean()) if len(sims) else 0.0,
-        top1_ratio=float((best_b > threshold).mean()),
+        shared_feature_ratio=float((res.sims > threshold).mean()) if len(res.sims) else 0.0,
+        top1_ratio=float((res.best_b > threshold).mean()),
         threshold=threshold,
         method=used,
-        exact=exact,
-        rows=rows[order].astype(np.int64),
-        cols=cols[order].astype(np.int64),
-        similarity=sims[order].astype(np.float32),
-        best_cos_b=best_b,
+        exact=res.exact,
+        rows=res.rows[order].astype(np.int64),
+        cols=res.cols[order].astype(np.int64),
+        similarity=res.sims[order].astype(np.float32),
+        best_cos_b=res.best_b,
         n_a=len(W_a),
         n_b=len(W_b),
         seconds=round(time.time() - start, 3),
+        gap=res.gap,
+        phases={name: round(s, 3) for name, s in res.phases.items()},
     )
 
 
