@@ -149,13 +149,13 @@ def test_certificate_is_false_when_the_optimum_leaves_the_candidates(monkeypatch
     A = torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.3, 0.316], [0.0, 0.0, 1.0]])
     B = torch.eye(3)
     monkeypatch.setattr(matching, "GROW_ROUNDS", 0)
-    res = match_saes(A, B, method="sparse", k=1)
+    res = match_saes(A, B, method="sparse", k=1, dense_limit=1)  # completion re-solves a1 alone, among b1
     assert not res.exact
-    assert sorted((r, c) for r, c, _ in res.pairs) == [(0, 0), (1, 1), (2, 2)]  # completed to the optimum
+    assert sorted((r, c) for r, c, _ in res.pairs) == [(0, 0), (1, 1), (2, 2)]
     assert res.gap == pytest.approx((0.316 - 0.3) / np.sqrt(0.9 * 0.9 + 0.3 * 0.3 + 0.316 * 0.316), abs=1e-5)
     monkeypatch.setattr(matching, "GROW_ROUNDS", 2)
     monkeypatch.setattr(matching, "GROW_MAX", 1.0)
-    grown = match_saes(A, B, method="sparse", k=1)  # a1's list grows to every column: certified
+    grown = match_saes(A, B, method="sparse", k=1, dense_limit=1)  # a1's list grows to every column: certified
     assert grown.exact and grown.gap == pytest.approx(0.0, abs=1e-6)
     assert sorted((r, c) for r, c, _ in grown.pairs) == [(0, 0), (1, 1), (2, 2)]
 
@@ -163,8 +163,9 @@ def test_certificate_is_false_when_the_optimum_leaves_the_candidates(monkeypatch
 @pytest.mark.parametrize("dense_limit", [8192, 3])
 def test_sparse_bounds_hold_on_near_ties(dense_limit):
     """Low-dimensional decoders (many near-ties, small k): the sparse result is one-to-one, never beats the
-    dense optimum, is within its reported gap of it, and equals it whenever it claims to be exact. A tiny
-    dense_limit sends the completion through the recursive sparse path instead of a dense solve."""
+    dense optimum, is within its reported gap of it, and equals it whenever it claims to be exact. With the
+    default dense_limit the completion re-solves the whole problem densely (exact); a tiny one sends it through
+    the recursive sparse path instead."""
     n_exact = 0
     for seed in range(12):
         g = torch.Generator().manual_seed(seed)
@@ -184,3 +185,20 @@ def test_sparse_bounds_hold_on_near_ties(dense_limit):
                 n_exact += 1
                 assert value == pytest.approx(best, abs=1e-5)
     assert n_exact > 0
+
+
+def test_growing_the_lists_of_unmatched_rows_certifies(monkeypatch):
+    """Noisy copies: with k=4 some latents' partners fall outside their lists; the few rows the relaxation leaves
+    unmatched get longer lists until it matches every row (dense_limit=100 keeps the completion from re-solving
+    the whole problem densely, which would hide the growth)."""
+    A, B, _ = planted(n_a=4000, n_b=4000, d=64, shared=1.0, noise=1.3, seed=1)
+    with monkeypatch.context() as m:
+        m.setattr(matching, "GROW_ROUNDS", 0)
+        assert not match_saes(A, B, method="sparse", k=4, dense_limit=100).exact
+    res = match_saes(A, B, method="sparse", k=4, dense_limit=100)
+    assert res.exact and res.gap == pytest.approx(0.0, abs=1e-6)
+    dense = match_saes(A, B, method="dense")
+    assert float(res.similarity.astype(np.float64).sum()) == pytest.approx(
+        float(dense.similarity.astype(np.float64).sum()), abs=1e-4
+    )
+    assert res.shared_feature_ratio == dense.shared_feature_ratio

@@ -39,7 +39,7 @@ THRESHOLD = 0.7
 DENSE_LIMIT = 8192  # exact dense assignment when n_a * n_b <= DENSE_LIMIT**2 (~0.5 GB of float64 costs)
 BLOCK = 2**25  # cosine entries per chunk of a chunked pass (128 MB of float32)
 GAP_TOL = 1e-6  # summed cosine: the LP's matching is accepted when its dual bound is this close (else LAPJVsp)
-GROW, GROW_ROUNDS = 4, 2  # rows the relaxation leaves unmatched get GROW x longer candidate lists, this many times
+GROW, GROW_ROUNDS = 4, 3  # rows the relaxation leaves unmatched get GROW x longer candidate lists, this many times
 GROW_MAX = 0.02  # ... while they are at most this fraction of the rows (else each round costs a full LP solve
 # and, for unshared latents, only displaces others: certification is out of reach there anyway)
 
@@ -279,6 +279,8 @@ def _sparse_assign(A: Tensor, B: Tensor, k: int, dense_limit: int) -> Assignment
         sims = np.concatenate([sims[kept], sub.sims])
         value = float(cos[chosen][kept].sum() + sub.sims.sum())
         phases["leftover"] = time.time() - start
+        if not len(kept) and sub.exact:  # the re-solve was the whole problem
+            return Assignment(mr, mc, sims, True, best_b, best_a, 0.0, phases)
     return Assignment(mr, mc, sims, not len(left_a), best_b, best_a, max(0.0, relaxed - value), phases)
 
 
