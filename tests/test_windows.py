@@ -44,12 +44,18 @@ def brute_force(host, sae, contexts, feats, window):
 
 def test_streaming_top_windows_equal_brute_force(setup):
     host, contexts, sae = setup
+    # Special tokens inside some windows (an EOS between documents) must not count for any criterion.
+    contexts = contexts.clone()
+    contexts[::3, 17] = host.tokenizer.eos_token_id
+    assert not host.ordinary_mask(contexts)[:, 1:].all()
     feats = [0, 3, 7, 11, 20]
     res = top_activated_windows(host, sae, feats, window=10, contexts_NL=contexts, k=5, batch_size=5)
     scores, f = brute_force(host, sae, contexts, feats, 10)
+    all_f = (sae.encode(host.capture(contexts, [HOOK])[HOOK])[..., feats] * host.ordinary_mask(contexts)[..., None])
     for j, latent in enumerate(feats):
         lw = res.latents[latent]
         assert lw.fired and lw.n_active_windows == int((f[:, :, j].max(1) > 0).sum())
+        assert lw.n_active_tokens == int((all_f[..., j] > 0).sum())
         for crit in ("mean", "max", "density"):
             got = [ex.score for ex in lw.criterion(crit)]
             want = np.sort(scores[crit][:, j][f[:, :, j].max(1) > 0])[::-1][:5]

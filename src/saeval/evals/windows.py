@@ -137,7 +137,10 @@ class WindowCollector:
         if len(self.feats) < f_BLF.shape[-1]:
             f_BLF = f_BLF.index_select(-1, self.feats.to(device))  # much faster than f[..., idx] on CPU
         f_BLF = f_BLF.float().cpu()
-        f_BLF[~mask_BL] = 0.0  # special tokens never count (SAE activations are >= 0 otherwise)
+        # Special tokens never count. Position 0 (BOS) is outside every window and the tail, so only specials
+        # further in (EOS inside generated text, padding) need zeroing; skipping the common case saves a pass.
+        if not bool(mask_BL[:, 1:].all()):
+            f_BLF.mul_(mask_BL[..., None])
         self.n_tokens += int(mask_BL.sum())
         f_NWF = f_BLF[:, 1 : 1 + n_w * W].reshape(B * n_w, W, -1)
         max_NF = f_NWF.amax(1)
@@ -147,13 +150,13 @@ class WindowCollector:
         self.max_act = torch.maximum(self.max_act, max_NF.amax(0))
         ids_N = torch.arange(B * n_w) + first_context * n_w
         # density: nonzero count, ties broken by the mean (the added term stays in [0, 0.5)).
-        nonzero_NF = torch.count_nonzero(f_NWF, dim=1)
-        # Active tokens: those inside the windows plus the few after the last window (BOS is masked out).
-        tail_F = torch.count_nonzero(f_BLF[:, 1 + n_w * W :], dim=(0, 1))
-        self.active_tokens += nonzero_NF.sum(0) + tail_F
+        # (|sign| summed in float is exact for these small counts and ~8x faster than count_nonzero on CPU.)
+        nonzero_NF = f_NWF.sign().abs_().sum(1)
+        # Active tokens: those inside the windows plus the few after the last window (BOS is outside both).
+        tail_F = f_BLF[:, 1 + n_w * W :].sign().abs_().sum((0, 1))
+        self.active_tokens += (nonzero_NF.sum(0) + tail_F).long()
         density = nonzero_NF.double() + 0.5 * mean64 / (1 + mean64)
         keys = {"mean": mean64, "max": max_NF.double(), "density": density}
-        acts_FNW = f_NWF.permute(2, 0, 1)  # a view: only the kept windows are copied below
         # Only latents for which some new window beats their current k-th best are touched: once the buffers
         # have filled, that is a small fraction of them per batch.
         ids_FN = ids_N.expand(len(active_FN), -1)
@@ -165,12 +168,10 @@ class WindowCollector:
             top, pos = torch.cat([self.keys[c][rows], key_FN[rows]], 1).topk(k, dim=1)
             self.keys[c][rows] = top
             self.ids[c][rows] = _pick(pos, k, self.ids[c][rows], ids_FN[rows])
-            idx = pos[..., None].expand(-1, -1, W)
-            self.acts[c][rows] = torch.where(
-                (pos < k)[..., None],
-                self.acts[c][rows].gather(1, idx.clamp(max=k - 1)),
-                acts_FNW[rows].gather(1, (idx - k).clamp(min=0)),
-            )
+            # Only the rows x k kept windows are read from the batch: f_NWF[window, :, latent] per slot.
+            fresh = f_NWF[(pos - k).clamp(min=0), :, rows[:, None]]
+            old = self.acts[c][rows].gather(1, pos.clamp(max=k - 1)[..., None].expand(-1, -1, W))
+            self.acts[c][rows] = torch.where((pos < k)[..., None], old, fresh)
         if self.R:
             # Reservoir: each activating window gets a uniform random priority; the R lowest are kept.
             u = torch.rand(active_FN.shape, generator=self.gen, dtype=torch.float64)
