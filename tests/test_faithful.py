@@ -69,6 +69,9 @@ def test_study_runs_caches_and_resumes(tiny_host, cache, tmp_path, monkeypatch):
     sotu_saes = [load_sae(faithful._sae_folder(tiny_host, HOOK, "sotu", config, s)) for s in config.seeds]
     self_sae = load_sae(faithful._sae_folder(tiny_host, HOOK, SELF, config, 0))
     assert [s.name for s in sotu_saes] == result["saes"]["sotu"]
+    # The dictionary is sized from the host's width, and the result records the size actually trained.
+    trained = config.expansion * tiny_host.d_model
+    assert {s.d_sae for s in sotu_saes} == {trained} and result["config"]["train"]["d_sae"] == trained
     m = match_saes(*sotu_saes)
     assert result["cross_seed"]["sotu"]["shared_feature_ratio"] == pytest.approx(m.shared_feature_ratio)
     _, held = split_contexts(tiny_host, "sotu", config)

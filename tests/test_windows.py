@@ -35,11 +35,12 @@ def setup(tiny_host):
 
 
 def brute_force(host, sae, contexts, feats, window):
+    """Per-window scores, the windows' activations [windows, window, feats] and every token's [B, L, feats]."""
     acts = host.capture(contexts, [HOOK])[HOOK]
-    f = (sae.encode(acts)[..., feats] * host.ordinary_mask(contexts)[..., None]).detach().numpy()
+    f_BLF = (sae.encode(acts)[..., feats] * host.ordinary_mask(contexts)[..., None]).detach().numpy()
     n_w = (contexts.shape[1] - 1) // window
-    f = f[:, 1 : 1 + n_w * window].reshape(len(contexts) * n_w, window, len(feats))
-    return {"mean": f.mean(1), "max": f.max(1), "density": (f > 0).mean(1)}, f
+    f = f_BLF[:, 1 : 1 + n_w * window].reshape(len(contexts) * n_w, window, len(feats))
+    return {"mean": f.mean(1), "max": f.max(1), "density": (f > 0).mean(1)}, f, f_BLF
 
 
 def test_streaming_top_windows_equal_brute_force(setup):
@@ -50,8 +51,7 @@ def test_streaming_top_windows_equal_brute_force(setup):
     assert not host.ordinary_mask(contexts)[:, 1:].all()
     feats = [0, 3, 7, 11, 20]
     res = top_activated_windows(host, sae, feats, window=10, contexts_NL=contexts, k=5, batch_size=5)
-    scores, f = brute_force(host, sae, contexts, feats, 10)
-    all_f = (sae.encode(host.capture(contexts, [HOOK])[HOOK])[..., feats] * host.ordinary_mask(contexts)[..., None])
+    scores, f, all_f = brute_force(host, sae, contexts, feats, 10)
     for j, latent in enumerate(feats):
         lw = res.latents[latent]
         assert lw.fired and lw.n_active_windows == int((f[:, :, j].max(1) > 0).sum())
@@ -98,7 +98,7 @@ def test_reservoir_and_pool_are_consistent(setup):
     feats = [1, 2]
     res = collect_windows(host, [(sae, feats)], contexts, HOOK, window=10, k=3, batch_size=6, reservoir=8,
                           n_pool=20, seed=1)[0]
-    scores, f = brute_force(host, sae, contexts, feats, 10)
+    scores, f, _ = brute_force(host, sae, contexts, feats, 10)
     for j, latent in enumerate(feats):
         ids = [w for w, _ in res.reservoir[latent]]
         active = set(np.nonzero(f[:, :, j].max(1) > 0)[0].tolist())
