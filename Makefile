@@ -6,7 +6,7 @@ OUT     ?= out/demo
 # torch 2.13.0 resolves to the local CPU build on these machines; plain `torch` would pull a CUDA build.
 TORCH   ?= torch==2.13.0
 
-.PHONY: install assets demo test lint bench clean
+.PHONY: install assets demo test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ demo: assets
 
 test: assets
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The inner loop: everything but the tests on the real SmolLM2 (marker smollm2).
+test-fast: assets
+	$(PY) -m pytest -q -p no:cacheprovider -m "not smollm2"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

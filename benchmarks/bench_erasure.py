@@ -19,14 +19,19 @@ from pathlib import Path
 
 import torch
 
+from saeval.analysis import erasure
+from saeval.analysis.erasure import tokenize_examples
 from saeval.assets import cache_dir
-from saeval.evals import EvalContext, erasure, get_eval
-from saeval.evals.erasure import tokenize_examples
+from saeval.evals.base import EvalContext
+from saeval.evals.scr import SPEC as SCR
+from saeval.evals.shift import SPEC as SHIFT
+from saeval.evals.tpp import SPEC as TPP
 from saeval.hosts import LanguageHost
 from saeval.results import write_result
 from saeval.saes import SAEConfig, create_sae
 
 HOOK = "blocks.15.hook_resid_post"
+SPECS = {spec.name: spec for spec in (TPP, SCR, SHIFT)}
 
 
 def saes_for(host, n: int) -> tuple[list, str]:
@@ -95,12 +100,13 @@ def main() -> None:
         erasure.cache_dir = lambda: Path(tmp)  # fresh activation and probe cache: setup is measured for real
         ctx = EvalContext(host=host, hook=HOOK, preset="demo")
         for name in args.evals.split(","):
-            spec = get_eval(name)
+            spec = SPECS[name]
             config = spec.config("demo")
+            run = spec.run_fn()
             per_sae, setup, texts = [], 0.0, []
             for sae in saes:
                 start = time.time()
-                result = spec.run(ctx, sae, config)
+                result = run(ctx, sae, config)
                 total = time.time() - start
                 setup += result.details.setup_seconds
                 per_sae.append(total - result.details.setup_seconds)

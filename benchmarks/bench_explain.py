@@ -16,7 +16,8 @@ import time
 import torch
 
 from saeval.demo import demo_saes
-from saeval.evals.explain import ExplainConfig, build_prompt, generate_with_vectors, scale_sweep, unit_decoder_rows
+from saeval.evals.self_explanation.config import SelfExplanationConfig
+from saeval.evals.self_explanation.explain import build_prompt, generate_with_vectors, scale_sweep, unit_decoder_rows
 from saeval.hosts import LanguageHost
 
 
@@ -31,7 +32,7 @@ def main() -> None:
     sae = demo_saes(host)[0]
     latents = list(range(0, 40 * args.latents, 40))
     dirs = unit_decoder_rows(sae, latents)
-    cfg = ExplainConfig()
+    cfg = SelfExplanationConfig()
     ids, pos = build_prompt(host, cfg.template)
     scales = torch.linspace(50, 150, args.scales)
     vectors = torch.stack([s * d for d in dirs for s in scales])
@@ -50,7 +51,7 @@ def main() -> None:
     print(f"batched / unbatched generation throughput: {single / batched:.2f}x wall, "
           f"{single_cpu / batched_cpu:.2f}x cpu")
 
-    sweep_cfg = ExplainConfig(n_search_scales=16, batch_size=32)
+    sweep_cfg = SelfExplanationConfig(n_search_scales=16, batch_size=32)
     start = time.time()
     scale_sweep(host, dirs[:2], sweep_cfg)
     seconds = time.time() - start

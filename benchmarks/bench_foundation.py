@@ -10,7 +10,8 @@ import time
 import torch
 
 from saeval.data.corpora import load_contexts
-from saeval.evals import EvalContext, get_eval
+from saeval.evals import EvalContext
+from saeval.evals.core import SPEC
 from saeval.hosts import LanguageHost
 from saeval.saes import SAEConfig, create_sae
 
@@ -58,11 +59,10 @@ def main() -> None:
     with torch.no_grad():
         sae.W_dec.normal_().div_(10)
         sae.W_enc.copy_(sae.W_dec.T)
-    spec = get_eval("core")
     n_eval = 4096
-    cfg = spec.config("demo", n_eval_tokens=n_eval, n_sparsity_tokens=n_eval)
+    cfg = SPEC.config("demo", n_eval_tokens=n_eval, n_density_tokens=n_eval)
     start = time.perf_counter()
-    spec.run(EvalContext(host=host, hook=HOOK, preset="demo"), sae, cfg)
+    SPEC.run_fn()(EvalContext(host=host, hook=HOOK, preset="demo"), sae, cfg)
     t_core = time.perf_counter() - start
     full_tok_s = BATCH * CTX / t_full
     print(f"full forward: {full_tok_s:8.0f} tokens/s; core eval (clean + spliced + zero CE/KL): "

@@ -44,7 +44,7 @@ def decoders(width: int, case: str, d_in: int = 576):
 def _one(width: int, case: str, method: str, k: int, out) -> None:
     import torch
 
-    from saeval.evals.matching import match_saes
+    from saeval.analysis.matching import match_saes
 
     torch.set_num_threads(2)
     A, B = decoders(width, case)

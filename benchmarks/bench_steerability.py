@@ -12,10 +12,11 @@ import time
 
 import torch
 
+from saeval.analysis.steering import LMReadout
 from saeval.assets import cache_dir
 from saeval.data.vocab import load_vocab
-from saeval.evals import EvalContext, get_eval
-from saeval.evals.steering_metrics import LMReadout
+from saeval.evals import EvalContext
+from saeval.evals.steerability import SPEC
 from saeval.hosts import LanguageHost
 from saeval.saes import SAEConfig, create_sae
 
@@ -43,8 +44,7 @@ def main() -> None:
     torch.manual_seed(0)
     host = LanguageHost.load("smollm2-135m")
     sae, which = demo_or_random_sae(host)
-    spec = get_eval("steerability")
-    config = spec.config("demo")
+    config = SPEC.config("demo")
     ctx = EvalContext(host=host, hook=HOOK, corpus="sotu", preset="demo")
     n_lat, n_str, n_in, L = config.n_latents, len(config.strengths), config.n_inputs, config.prompt_len
 
@@ -61,7 +61,7 @@ def main() -> None:
 
     before = time_bare()
     start = time.time()
-    result = spec.run(ctx, sae, config)
+    result = SPEC.run_fn()(ctx, sae, config)
     t_eval = time.time() - start
     det = result.details
     t_bare_latent = (before + time_bare()) / 2

@@ -45,7 +45,8 @@ def main() -> None:
     from saeval.data.corpora import load_contexts
     from saeval.demo import DEMO_HOOK
     from saeval.evals.base import EvalContext
-    from saeval.evals.synthetic import SPEC, LastPositionRunner, run
+    from saeval.evals.synthetic import SPEC
+    from saeval.evals.synthetic.run import LastPositionRunner, run
     from saeval.hosts import LanguageHost
     from saeval.saes.base import SAEConfig, create_sae
 
@@ -63,9 +64,7 @@ def main() -> None:
     def from_hook():
         stacked = acts_BLD.repeat(args.rows, 1, 1)
         stacked[:, -1] = acts_VD
-        resid = host.residual_from(state, stacked) if hasattr(host, "residual_from") else None
-        return resid if resid is not None else host.run_from(state, stacked)
-
+        return host.residual_from(state, stacked)
 
     def full_forward():
         def replace(a):

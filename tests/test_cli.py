@@ -86,4 +86,94 @@ def test_missing_model_is_explained(tmp_path):
     sae_dir = _sae(tmp_path)
     code, text = _run("run", "--model", str(tmp_path / "no-such-model"), "--sae", str(sae_dir), "--out",
                       str(tmp_path / "o"))
-    assert code == 2 and "cannot load model" in text
+    assert code == 2 and "no-such-model: no such folder" in text
+
+
+def test_set_and_config_reach_the_eval_and_a_changed_field_recomputes(tmp_path, tiny_model_dir):
+    sae_dir = _sae(tmp_path)
+    out = tmp_path / "out"
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f'model = "{tiny_model_dir}"\nsaes = ["{sae_dir}"]\nevals = ["core"]\npreset = "tiny"\n'
+                   f'out = "{out}"\n[core]\nn_eval_tokens = 256\nn_density_tokens = 512\n')
+    code, text = _run("run", "--config", str(cfg), "--set", "core.batch_size=2")
+    assert code == 0, text
+    path = out / "s1" / "core.json"
+    record = json.loads(path.read_text())
+    assert record["config"]["n_eval_tokens"] == 256 and record["config"]["batch_size"] == 2
+    assert record["config"]["ctx_len"] == 32  # the tiny preset, under the file's and the flag's fields
+    mtime = path.stat().st_mtime_ns
+    code, text = _run("run", "--config", str(cfg), "--set", "core.batch_size=2")
+    assert code == 0 and "up to date" in text and path.stat().st_mtime_ns == mtime
+    code, text = _run("run", "--config", str(cfg), "--set", "core.batch_size=4")  # the flag overrides the file
+    assert code == 0 and "config.batch_size 2 -> 4" in " ".join(text.split())
+    assert json.loads(path.read_text())["config"]["batch_size"] == 4
+
+
+def test_whole_corpus_when_the_request_is_larger_and_strict_refuses(tmp_path, tiny_model_dir):
+    sae_dir = _sae(tmp_path)
+    corpus = tmp_path / "small.txt"
+    corpus.write_text(" ".join(f"word{i % 97} and more text" for i in range(800)))
+    args = ["run", "--model", str(tiny_model_dir), "--sae", str(sae_dir), "--preset", "tiny", "--corpus", str(corpus),
+            "--set", "core.n_density_tokens=10000000", "--out", str(tmp_path / "o")]
+    code, text = _run(*args)
+    assert code == 0, text
+    record = json.loads((tmp_path / "o" / "s1" / "core.json").read_text())
+    (size,) = [v for k, v in record["sizes"].items() if v["used"] < v["requested"]]
+    assert size["requested"] == 10_000_000 // 32 and record["warnings"] and "used all" in record["warnings"][0]
+    assert record["details"]["n_density_tokens"] < 10_000_000
+    code, text = _run(*args, "--strict", "--force")
+    assert code == 1 and "asked for 312500 contexts" in " ".join(text.split())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tokens", "0"], "--tokens"),
+        (["--tokens", "-5"], "--tokens"),
+        (["--set", "core.nope=1"], "core has no field 'nope'; fields: n_eval_tokens"),
+        (["--set", "core.n_eval_tokens=-1"], "core.n_eval_tokens: Input should be greater than 0"),
+        (["--set", "nosuch.x=1"], "unknown eval 'nosuch'"),
+        (["--evals", "core,nosuch"], "unknown eval 'nosuch'; available: core"),
+        (["--preset", "huge"], "no preset 'huge'"),
+        (["--device", "cuda"], "--device cuda: this torch"),
+        (["--device", "banana"], "--device banana: not a torch device"),
+        (["--set", "core"], "write NAME.FIELD=VALUE"),
+        (["--config", "missing.toml"], "--config missing.toml: no such file"),
+    ],
+)
+def test_bad_flags_fail_in_one_line_before_the_model_loads(tmp_path, args, message):
+    sae_dir = _sae(tmp_path)
+    code, text = _run("run", "--model", "smollm2-135m", "--sae", str(sae_dir), "--out", str(tmp_path / "o"), *args)
+    assert code == 2 and message in " ".join(text.split()), text
+    assert "cannot load model" not in text and "Traceback" not in text
+
+
+def test_unusable_out_fails_first(tmp_path, tiny_model_dir):
+    sae_dir = _sae(tmp_path)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, text = _run("run", "--model", str(tiny_model_dir), "--sae", str(sae_dir), "--out", str(blocker))
+    assert code == 2 and "exists and is not a folder" in text
+
+
+def test_help_and_bad_input_import_no_torch():
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom typer.testing import CliRunner\nfrom saeval.cli import app\n"
+             "r = CliRunner().invoke(app, ['--help'])\nassert r.exit_code == 0, r.output\n"
+             "for cmd in ('run', 'train', 'show', 'case-study', 'faithful', 'report', 'demo'):\n"
+             "    assert CliRunner().invoke(app, [cmd, '--help']).exit_code == 0, cmd\n"
+             "r = CliRunner().invoke(app, ['run', '--sae', 'nowhere', '--set', 'core.nope=1'])\n"
+             "assert r.exit_code == 2 and 'nope' in r.output, r.output\n"
+             "heavy = [m for m in ('torch', 'transformers', 'sklearn', 'sentence_transformers') if m in sys.modules]\n"
+             "assert not heavy, heavy\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_show_lists_fields_with_descriptions():
+    code, text = _run("show", "core")
+    assert code == 0 and "n_eval_tokens" in text and "409600" in text and "8192" in text  # default and demo
+    code, text = _run("list", "evals", "--fields")
+    assert code == 0 and "tpp" in text and "n_values" in text

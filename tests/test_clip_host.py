@@ -12,12 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from saeval.analysis.steering import CLIPReadout
 from saeval.data.images import load_fashion_mnist, load_images, preprocess_images, read_idx
 from saeval.data.vocab import load_vocab
 from saeval.errors import SaevalError
 from saeval.evals.base import EvalContext
-from saeval.evals.steerability import SteerabilityConfig, run, steer_sweep
-from saeval.evals.steering_metrics import CLIPReadout
+from saeval.evals.steerability import SteerabilityConfig
+from saeval.evals.steerability.run import run, steer_sweep
 from saeval.hosts.clip import CLIPHost
 from saeval.saes import SAEConfig, create_sae
 

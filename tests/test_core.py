@@ -1,13 +1,21 @@
-"""Core metrics: identity/zero SAEs bound the CE score, formulas match NumPy, a planted dictionary is recovered."""
+"""Core metrics: identity/zero SAEs bound the CE score, formulas match NumPy, a planted dictionary is recovered,
+the shared reconstruction loop gives core and cross-data the same numbers, configs load without torch."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from saeval.evals import EvalContext, get_eval
-from saeval.evals.core import ReconstructionStats, weight_cosines
+from saeval.analysis.matching import cross_data_metrics
+from saeval.analysis.reconstruction import ReconstructionStats
+from saeval.data.corpora import load_contexts
+from saeval.evals import EvalContext
+from saeval.evals.core import SPEC
+from saeval.evals.core.run import weight_cosines
 from saeval.saes import SAEConfig, create_sae
 from saeval.saes.train import TrainConfig, train_sae
 
@@ -25,9 +33,8 @@ def identity_sae(d: int):
 
 
 def run_core(host, sae, **overrides):
-    spec = get_eval("core")
-    cfg = spec.config("tiny", **overrides)
-    return spec.run(EvalContext(host=host, hook=HOOK, preset="tiny"), sae, cfg)
+    cfg = SPEC.config("tiny", **overrides)
+    return SPEC.run_fn()(EvalContext(host=host, hook=HOOK, preset="tiny"), sae, cfg)
 
 
 def test_identity_sae_scores_one(tiny_host):
@@ -46,6 +53,62 @@ def test_zero_sae_scores_zero(tiny_host):
     assert r.metrics.kl_div_score == pytest.approx(0.0, abs=1e-6)
     assert r.metrics.l0 == 0 and r.metrics.frac_alive == 0
     assert r.details.n_eval_tokens > 0
+
+
+def test_density_tokens_cover_the_eval_tokens(tiny_host):
+    """Densities see the reconstruction tokens plus the rest of n_density_tokens (ordinary tokens only)."""
+    assert SPEC.config("tiny").n_density_tokens == 1024 and SPEC.config("demo").n_density_tokens == 32768
+    r = run_core(tiny_host, identity_sae(tiny_host.d_model), compute_ce=False)
+    d = r.details
+    assert d.n_eval_tokens < d.n_density_tokens <= 1024 and len(d.latent_density) == 2 * tiny_host.d_model
+    assert r.metrics.ce_loss_score is None and r.metrics.kl_div_score is None
+
+
+def test_cross_data_metrics_agree_with_core(tiny_host):
+    """Core and FaithfulSAE's cross-data metrics share one reconstruction loop: on the same contexts they report
+    the same reconstruction error and the same clean and spliced CE."""
+    torch.manual_seed(0)
+    sae = create_sae(SAEConfig(architecture="topk", d_in=tiny_host.d_model, d_sae=128, k=8, hook_name=HOOK,
+                               name="topk"))
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.nn.functional.normalize(torch.randn(128, tiny_host.d_model), dim=-1))
+        sae.W_enc.copy_(sae.W_dec.T)
+    core = run_core(tiny_host, sae, n_density_tokens=512).metrics
+    contexts = load_contexts(tiny_host, "sotu", 512, 32, 0)
+    cross = cross_data_metrics(tiny_host, sae, "sotu", batch_size=8, contexts_NL=contexts)
+    assert cross["mse"] == pytest.approx(core.mse, rel=1e-12)
+    assert cross["explained_variance"] == pytest.approx(core.explained_variance, rel=1e-12)
+    assert cross["ce_clean"] == pytest.approx(core.ce_loss_without_sae, rel=1e-5)
+    assert cross["ce_sae"] == pytest.approx(core.ce_loss_with_sae, rel=1e-5)
+    assert core.ce_loss_with_ablation != pytest.approx(core.ce_loss_with_sae)
+
+
+def test_configs_import_without_torch():
+    """The CLI validates configs before loading a model: no eval's config module may pull in torch."""
+    code = (
+        "import sys\n"
+        "import saeval.evals.core.config, saeval.evals.synthetic.config, saeval.evals.steerability.config\n"
+        "import saeval.evals.core, saeval.evals.synthetic, saeval.evals.steerability\n"
+        "heavy = [m for m in ('torch', 'numpy', 'transformers', 'sklearn', 'scipy') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "from saeval.evals.base import EVALS\n"
+        "assert {'core', 'synthetic', 'steerability'} <= set(EVALS)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name", ["core", "synthetic", "steerability"])
+def test_every_config_field_and_metric_is_described(name):
+    import importlib
+
+    spec = importlib.import_module(f"saeval.evals.{name}").SPEC
+    metrics_cls = spec.result_cls.model_fields["metrics"].annotation
+    for cls in (spec.config_cls, metrics_cls):
+        missing = [f for f, info in cls.model_fields.items() if not info.description]
+        assert not missing, f"{cls.__name__}: {missing}"
+    for preset in spec.presets:
+        spec.config(preset)  # every preset validates
 
 
 def test_reconstruction_formulas_match_numpy():

@@ -1,5 +1,6 @@
 """Embedding score: delphi quantile sampling, disjoint scoring windows, AUROC vs an independent count, a
-planted latent scored with a known embedding, the query prompt, dead latents, the LLM-explainer path."""
+planted latent scored with a known embedding, the query prompt, dead latents, the LLM-explainer path; the eval's
+prerequisites, its typed nested config and its reuse of self_explanation's explanations."""
 
 from __future__ import annotations
 
@@ -10,17 +11,18 @@ import numpy as np
 import pytest
 import torch
 
+from saeval.analysis.windows import ActExample, collect_windows
 from saeval.data.corpora import load_contexts
-from saeval.evals.embedding_score import (
+from saeval.errors import SaevalError
+from saeval.evals.embedding_score.config import EmbeddingConfig
+from saeval.evals.embedding_score.score import (
     QUERY_PREFIX,
-    EmbeddingConfig,
     embedding_scores,
     explain_with_llm,
     explaining_windows,
     marked_text,
     quantile_sample,
 )
-from saeval.evals.windows import ActExample, collect_windows
 from saeval.saes.base import SAEConfig, create_sae
 
 HOOK = "blocks.0.hook_resid_pre"  # the token embedding: latents can be planted on tokens
@@ -60,7 +62,7 @@ def planted(tiny_host):
     contexts = load_contexts(host, "sotu", 48 * 65, ctx_len=65, seed=2)
     win = collect_windows(host, [(sae, [0, 1, 2])], contexts, HOOK, window=16, k=4, reservoir=200, n_pool=150,
                           seed=0)[0]
-    return host, win
+    return host, win, sae
 
 
 def test_quantile_sample_known_answer():
@@ -73,7 +75,7 @@ def test_quantile_sample_known_answer():
 
 
 def test_planted_latent_scores_perfectly_and_sets_are_disjoint(planted):
-    host, win = planted
+    host, win, _ = planted
     cfg = EmbeddingConfig(n_test=20, n_quantiles=5, n_random=20)
     model = KeywordEmbedder()
     shown = explaining_windows(win, [0, 1], 4)
@@ -99,7 +101,7 @@ def test_planted_latent_scores_perfectly_and_sets_are_disjoint(planted):
 
 
 def test_seeded_and_empty_explanations(planted):
-    host, win = planted
+    host, win, _ = planted
     cfg = EmbeddingConfig(n_test=10, n_quantiles=5, n_random=10)
     one = embedding_scores(win, {0: "x", 1: ""}, host.tokenizer, KeywordEmbedder(), cfg, seed=3)
     two = embedding_scores(win, {0: "x", 1: ""}, host.tokenizer, KeywordEmbedder(), cfg, seed=3)
@@ -108,8 +110,54 @@ def test_seeded_and_empty_explanations(planted):
 
 
 def test_marked_text_and_llm_explainer(planted):
-    host, win = planted
+    host, win, _ = planted
     ex = ActExample(tokens=[1, 2, 3], texts=["a", " b", " c"], acts=[0.0, 2.0, 0.0])
     assert marked_text(ex) == "a<< b>> c"
     out = explain_with_llm(win, [0, 1], "local", host, n_windows=2, max_new_tokens=3)
     assert set(out) == {0, 1} and all(isinstance(v, str) for v in out.values())
+
+
+def test_prerequisites_and_typed_explain_config():
+    from saeval.evals import get_eval
+
+    spec = get_eval("embedding_score")
+    assert spec.prerequisites(spec.config()) == ("self_explanation",)
+    assert spec.prerequisites(spec.config(explainer="local")) == ("core",)
+    assert spec.prerequisites(spec.config(latents=[0, 1])) == ()
+    tiny = spec.config("tiny", explain={"max_new_tokens": 3})
+    # Nested fields merge over the preset's: the tiny sweep sizes stay, the one field given changes.
+    assert tiny.explain.max_new_tokens == 3 and tiny.explain.n_search_scales == 4
+    assert tiny.explain.rep_hook == "blocks.1.hook_resid_pre"
+    with pytest.raises(SaevalError, match="no field 'explain.n_scales'"):
+        spec.config(explain={"n_scales": 3})
+    with pytest.raises(SaevalError, match="unknown explainer"):
+        spec.config(explainer="gpt4")
+
+
+def test_eval_scores_self_explanation_results(planted, monkeypatch):
+    """With self_explanation's result at hand the eval scores exactly its latents and explanations, and
+    generates none itself."""
+    from types import SimpleNamespace
+
+    import saeval.evals.embedding_score.run as emb_run
+    from saeval.evals import get_eval
+    from saeval.evals.base import EvalContext
+
+    host, _, sae = planted
+    spec = get_eval("embedding_score")
+    config = spec.config("tiny")
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("generated explanations although self_explanation's were given")
+
+    monkeypatch.setattr(emb_run, "memo_self_explain", no_generation)
+    monkeypatch.setattr(emb_run, "load_embedding_model", lambda name: KeywordEmbedder())
+    ctx = EvalContext(host=host, hook=HOOK, preset="tiny")
+    explained = [SimpleNamespace(latent=0, explanation="the word the"), SimpleNamespace(latent=2, explanation="x")]
+    ctx.provide(sae, SimpleNamespace(eval="self_explanation", details=SimpleNamespace(explanations=explained)))
+    result = spec.run_fn()(ctx, sae, config)
+    assert [s.latent for s in result.details.scores] == [0, 2]
+    first, dead = result.details.scores
+    assert first.explanation == "the word the" and first.auroc == pytest.approx(1.0)
+    assert dead.auroc is None and "never fired" in dead.note
+    assert "reused self_explanation" in result.details.explainer and result.metrics.n_never_fired == 1

@@ -4,18 +4,31 @@ activations, probes and example draws; planted latents found and erased; eval ru
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+import saeval.evals.scr.pairs as pairs
+import saeval.evals.scr.run as scr
+import saeval.evals.shift.run as shift
+import saeval.evals.tpp.run as tpp
+from saeval.analysis import erasure
+from saeval.analysis.erasure import ExampleActivations, attribution, split_metrics, summarize, top_n
+from saeval.analysis.probes import LinearProbe, ProbeConfig, train_probe
 from saeval.data.labeled import ErasureTask
 from saeval.errors import SaevalError
-from saeval.evals import erasure, scr, shift, tpp
-from saeval.evals.base import EvalContext, run_evals
-from saeval.evals.erasure import ExampleActivations, attribution, top_n
-from saeval.evals.probes import LinearProbe, ProbeConfig, train_probe
+from saeval.evals.base import EvalContext
+from saeval.evals.scr import SPEC as SCR
+from saeval.evals.scr.report import report as scr_report
+from saeval.evals.shift import SPEC as SHIFT
+from saeval.evals.tpp import SPEC as TPP
+from saeval.evals.tpp.config import TPPMetrics
+from saeval.evals.tpp.report import report as tpp_report
 from saeval.judges import Judgement
 from saeval.saes.base import SAEConfig, create_sae
 
@@ -212,10 +225,10 @@ def scr_world(tmp_path, m=16, m_test=10):
 def test_scr_matches_numpy_saebench_reference(tmp_path, mode):
     task, acts, examples, _ = scr_world(tmp_path)
     config = scr.SCRConfig(n_values=[1, 3, 10, 40], mode=mode, seeds=[5], probe=ProbeConfig(epochs=5))
-    specs = scr.pair_specs(task, 5, mode, config.validation_fraction)
+    specs = pairs.pair_specs(task, 5, mode, config.validation_fraction)
     probes = {sp.name: train_probe(*erasure.xy(acts, sp.train_pos, sp.train_neg),
                                    *erasure.xy(acts, sp.sel_pos, sp.sel_neg), config.probe, seed=1) for sp in specs}
-    setup = scr.make_setup(None, task, acts, {5: probes})
+    setup = pairs.make_setup(None, task, acts, {5: probes})
     sae = random_topk_sae(seed=3)
     ctx = EvalContext(host=None, hook="synthetic")
     per_seed, detail = scr.run_pair(ctx, sae, setup, config)
@@ -246,9 +259,9 @@ def test_scr_matches_numpy_saebench_reference(tmp_path, mode):
 
 
 def test_scr_guard_and_direction_rules():
-    assert scr.normalized_gain(0.9, 0.7, 0.7005) == 0.0  # oracle within 0.001 of the biased probe
-    assert scr.normalized_gain(0.8, 0.6, 1.0) == pytest.approx(0.5)
-    assert scr.normalized_gain(0.5, 0.6, 1.0) == pytest.approx(-0.25)
+    assert pairs.normalized_gain(0.9, 0.7, 0.7005) == 0.0  # oracle within 0.001 of the biased probe
+    assert pairs.normalized_gain(0.8, 0.6, 1.0) == pytest.approx(0.5)
+    assert pairs.normalized_gain(0.5, 0.6, 1.0) == pytest.approx(-0.25)
 
 
 # ------------------------------------------------------------------------------------ planted latents
@@ -308,8 +321,8 @@ def planted_scr(tmp_path):
     sign = np.array([[1.0 if r[1] == 0 else -1.0, 1.0 if r[2] == 0 else -1.0] for r in rows])
     examples = planted_examples(basis, sign * np.array([1.0, 3.0]), seed=5)
     acts = ExampleActivations.from_examples(tmp_path / "acts", examples, CTX)
-    probes = erasure.fit_probes(acts, scr.pair_specs(task, 0, "saebench", 0.2), ProbeConfig(epochs=20, lr=0.05), 0)
-    return sae, scr.make_setup(None, task, acts, {0: probes})
+    probes = erasure.fit_probes(acts, pairs.pair_specs(task, 0, "saebench", 0.2), ProbeConfig(epochs=20, lr=0.05), 0)
+    return sae, pairs.make_setup(None, task, acts, {0: probes})
 
 
 def test_scr_erasing_the_planted_spurious_latents_recovers_the_biased_probe(tmp_path):
@@ -361,7 +374,7 @@ def test_shift_ablates_exactly_the_latents_judged_spurious(tmp_path, smollm2_tok
 
 
 def test_shift_hands_self_explanations_to_the_judge(tiny_host):
-    from saeval.evals.explain import TINY_EXPLAIN
+    from saeval.evals.self_explanation.config import TINY_EXPLAIN
 
     ctx = EvalContext(host=tiny_host, hook="blocks.1.hook_resid_post", preset="tiny")
     sae = random_topk_sae(d_sae=64, d_in=tiny_host.d_model)
@@ -372,60 +385,175 @@ def test_shift_hands_self_explanations_to_the_judge(tiny_host):
             seen.extend(evidence)
             return super().judge(evidence, question)
 
-    config = shift.SPEC.config("tiny", self_explanation=True, self_explanation_config=TINY_EXPLAIN, n_candidates=2,
-                               n_values=[2])
-    shift.run_pair(ctx, sae, scr.pair_setups(ctx, config)[0], config, Recording(set()), {}, {})
+    config = SHIFT.config("tiny", self_explanation=True, self_explanation_config=TINY_EXPLAIN, n_candidates=2,
+                          n_values=[2])
+    shift.run_pair(ctx, sae, pairs.pair_setups(ctx, config)[0], config, Recording(set()), {}, {})
     assert len(seen) == 2 and all(item.self_explanation is None or item.self_explanation.strip() for item in seen)
     # The explanations went through the run memo, so embedding_score/self_explanation can reuse them.
-    assert any(str(k).startswith(f"self_explain|{sae.name}|") for k in ctx.memo)
+    memos = [v for k, v in ctx.memo.items() if str(k).startswith("self_explain|")]
+    assert len(memos) == 1 and {item.latent for item in seen} <= set(memos[0])
 
 
 def test_shift_run_reports_failed_judgements_as_null_score(tmp_path, tiny_host, monkeypatch):
     monkeypatch.setattr(shift, "make_judge", lambda spec, host=None: ScriptedJudge(set(), first_fails=True))
     ctx = EvalContext(host=tiny_host, hook="blocks.1.hook_resid_post", preset="tiny")
     sae = random_topk_sae(d_sae=64, d_in=tiny_host.d_model)
-    result = shift.run(ctx, sae, shift.SPEC.config("tiny"))
+    result = shift.run(ctx, sae, SHIFT.config("tiny"))
     assert result.metrics.shift_score is None and result.metrics.n_failed_judgements == 1
     assert result.metrics.shift_score_partial is not None
-    relaxed = shift.run(ctx, sae, shift.SPEC.config("tiny", max_failed_fraction=0.5))
+    relaxed = shift.run(ctx, sae, SHIFT.config("tiny", max_failed_fraction=0.5))
     assert relaxed.metrics.shift_score == relaxed.metrics.shift_score_partial
 
 
 # ------------------------------------------------------------------------- eval runs on a tiny model
+def run_and_write(ctx, saes, specs, out) -> list:
+    """Each eval's run function on each SAE with the context's preset, results written as the runner does."""
+    from saeval.results import write_result
+
+    return [write_result(out, spec.run_fn()(ctx, sae, spec.config(ctx.preset))) for sae in saes for spec in specs]
+
+
 def test_evals_run_deterministically_cache_activations_and_report(tmp_path, tiny_host, monkeypatch):
     sae_a, sae_b = (random_topk_sae(d_sae=128, seed=s, d_in=tiny_host.d_model) for s in (1, 2))
-    calls = []
-    original = tiny_host.capture
-    monkeypatch.setattr(tiny_host, "capture", lambda *a, **k: calls.append(1) or original(*a, **k))
+    forwards, fits = [], []
+    capture, train = tiny_host.capture, erasure.train_probe
+    monkeypatch.setattr(tiny_host, "capture", lambda *a, **k: forwards.append(1) or capture(*a, **k))
+    monkeypatch.setattr(erasure, "train_probe", lambda *a, **k: fits.append(1) or train(*a, **k))
     ctx = EvalContext(host=tiny_host, hook="blocks.1.hook_resid_post", preset="tiny")
-    paths = run_evals(ctx, [sae_a, sae_b], ["tpp", "scr"], tmp_path / "out")
+    paths = run_and_write(ctx, [sae_a, sae_b], [TPP, SCR], tmp_path / "out")
     assert len(paths) == 4
-    n_calls = len(calls)
+    # The first run filled this test's private cache: forwards, probe fits, and entries on disk.
+    cache = tmp_path / "cache" / "erasure"
+    entries = sorted(p.name for p in (cache / "acts").iterdir())
+    assert forwards and fits and len(entries) == 2 and not any(".partial" in e for e in entries)
+    assert all((cache / "acts" / e / "meta.json").exists() for e in entries)
+    assert len(list((cache / "probes").glob("*.json"))) == len(list((cache / "probes").glob("*.safetensors"))) > 0
+    n_forwards, n_fits = len(forwards), len(fits)
     ctx2 = EvalContext(host=tiny_host, hook="blocks.1.hook_resid_post", preset="tiny")
-    run_evals(ctx2, [sae_a], ["tpp", "scr"], tmp_path / "out2")
-    assert len(calls) == n_calls  # the second run reads the disk cache: no forward pass at all
+    run_and_write(ctx2, [sae_a], [TPP, SCR], tmp_path / "out2")
+    # A fresh context has an empty memo: only the disk cache can spare the forwards and the probe training.
+    assert len(forwards) == n_forwards and len(fits) == n_fits
     for name in ("tpp", "scr"):
         first = json.loads((tmp_path / "out" / sae_a.name / f"{name}.json").read_text())
         again = json.loads((tmp_path / "out2" / sae_a.name / f"{name}.json").read_text())
         assert first["metrics"] == again["metrics"] and first["details"]["mode"] == "saebench"
         assert first["preset"] == "tiny" and first["config"]["train_set_size"] == 40
-    for module in (tpp, scr):
-        records = [json.loads(p.read_text()) for p in paths if p.name == f"{module.SPEC.name}.json"]
-        section = module.report(records)
+    tpp_result = json.loads((tmp_path / "out" / sae_a.name / "tpp.json").read_text())
+    assert tpp_result["metrics"]["tpp_threshold_10_total_metric"] is not None  # in the tiny preset's n_values
+    assert tpp_result["metrics"]["tpp_threshold_20_total_metric"] is None  # not computed
+    assert tpp_result["details"]["by_n"] == {}
+    scr_result = json.loads((tmp_path / "out" / sae_a.name / "scr.json").read_text())
+    assert all(scr_result["metrics"][f"scr_dir1_threshold_{n}"] is not None for n in (2, 5, 10))
+    for spec, report in ((TPP, tpp_report), (SCR, scr_report)):
+        records = [json.loads(p.read_text()) for p in paths if p.name == f"{spec.name}.json"]
+        section = report(records)
         assert "plotly" in section and sae_a.name in section and sae_b.name in section
+        assert spec.report_fn() is report
+
+
+def test_metrics_outside_saebench_n_go_to_details_and_seed_std_is_typed():
+    runs = {"a": {0: {"tpp_threshold_2_total_metric": 0.2, "tpp_threshold_3_total_metric": 0.3},
+                  1: {"tpp_threshold_2_total_metric": 0.4, "tpp_threshold_3_total_metric": 0.1}}}
+    flat, per_seed = summarize(runs, [0, 1])
+    metrics, by_n = split_metrics(flat, TPPMetrics)
+    typed = TPPMetrics(**metrics)
+    assert typed.tpp_threshold_2_total_metric == pytest.approx(0.3)
+    assert typed.tpp_threshold_2_total_metric_std == pytest.approx(np.std([0.2, 0.4], ddof=1))
+    assert typed.tpp_threshold_5_total_metric is None and typed.tpp_threshold_2_intended_diff_only is None
+    assert set(by_n) == {"tpp_threshold_3_total_metric", "tpp_threshold_3_total_metric_std"}
+    assert per_seed["1"]["tpp_threshold_3_total_metric"] == pytest.approx(0.1)
+    # Every metric field says what it is (saeval show prints it).
+    for cls in (TPPMetrics, SCR.result_cls.model_fields["metrics"].annotation,
+                SHIFT.result_cls.model_fields["metrics"].annotation):
+        assert all(f.description for f in cls.model_fields.values()), cls
+
+
+def test_configs_import_no_torch():
+    code = ("import sys; import saeval.evals.tpp.config, saeval.evals.scr.config, saeval.evals.shift.config; "
+            "import saeval.evals.tpp, saeval.evals.scr, saeval.evals.shift; "
+            "heavy = [m for m in ('torch', 'numpy', 'transformers', 'sklearn') if m in sys.modules]; "
+            "print(','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ""
+
+
+def test_config_fields_are_described_and_bounded():
+    for spec in (TPP, SCR, SHIFT):
+        for name, f in spec.config_cls.model_fields.items():
+            assert f.description, f"{spec.name}.{name}"
+        spec.config("demo"), spec.config("tiny")  # presets keep validating
+    for bad in ({"train_set_size": 0}, {"n_values": [0, 2]}, {"validation_fraction": 1.0}, {"seeds": []},
+                {"probe": {"lr": 0}}, {"probe": {"lrr": 1e-3}}):
+        with pytest.raises(SaevalError, match="tpp"):
+            TPP.config(**bad)
+    with pytest.raises(SaevalError, match="n_evidence"):
+        SHIFT.config("tiny", n_evidence=11)
+    with pytest.raises(SaevalError, match="n_candidates"):
+        SHIFT.preflight(SHIFT.config("tiny", n_values=[2, 8]))
+
+
+def test_activation_cache_is_keyed_by_model_content(tmp_path, tiny_host, smollm2_tokenizer, monkeypatch):
+    from tests.conftest import make_tiny_llama_host
+
+    texts = ["the cat sat on the mat", "a dog ran far away", "tax policy and trade"]
+    hook = "blocks.1.hook_resid_post"
+    first = ExampleActivations.build(tiny_host, hook, texts, 8)
+    forwards = []
+    capture = tiny_host.capture
+    monkeypatch.setattr(tiny_host, "capture", lambda *a, **k: forwards.append(1) or capture(*a, **k))
+    monkeypatch.setattr(tiny_host, "name", "renamed")  # same weights under another name: same entry
+    assert ExampleActivations.build(tiny_host, hook, texts, 8).key == first.key and not forwards
+    other = make_tiny_llama_host(smollm2_tokenizer, seed=1)  # same name, other weights: another entry
+    assert other.name == "tiny-llama-4x64"
+    second = ExampleActivations.build(other, hook, texts, 8)
+    assert second.key != first.key and not torch.equal(second.xbar_ED, first.xbar_ED)
+    assert first.meta["model_fingerprint"] == tiny_host.fingerprint()
+
+
+def test_concurrent_cache_writers_keep_one_entry(tmp_path):
+    examples = [(torch.randn(3, D), torch.arange(3)), (torch.randn(2, D), torch.arange(2))]
+    folder = tmp_path / "entry"
+    a, b = erasure._Writer(folder, CTX, "a"), erasure._Writer(folder, CTX, "b")
+    assert a.tmp != b.tmp and a.tmp.parent == b.tmp.parent == tmp_path  # private temp names beside the entry
+    with a, b:
+        a.shard(examples)
+        b.shard(examples[::-1])
+        assert a.finish({"key": "a", "d_model": D}) == folder
+        assert b.finish({"key": "b", "d_model": D}) == folder  # the loser keeps the winner's entry
+    assert ExampleActivations(folder).key == "a" and sorted(p.name for p in tmp_path.iterdir()) == ["entry"]
+    with pytest.raises(SaevalError, match="no ordinary token"), erasure._Writer(tmp_path / "bad", CTX, "x") as w:
+        w.shard([(torch.zeros(0, D), torch.zeros(0, dtype=torch.long))])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry"]  # a failed writer leaves nothing behind
+
+
+def test_probe_cache_is_keyed_by_activation_content(tmp_path):
+    task, acts, examples = tpp_world(tmp_path)
+    specs = tpp.TPPDraws(task, 0, "saebench", 0.2).specs[:1]
+    config = ProbeConfig(epochs=2)
+    probe, _ = erasure.fit_probes(acts, specs, config, 0)[specs[0].name]
+    again = ExampleActivations.from_examples(tmp_path / "again", examples, CTX)
+    assert again.key == acts.key  # same content, same key: the probe comes from the cache
+    assert torch.equal(erasure.fit_probes(again, specs, config, 0)[specs[0].name][0].w_D, probe.w_D)
+    shifted = ExampleActivations.from_examples(tmp_path / "shifted", [(a + 1.0, t) for a, t in examples], CTX)
+    assert shifted.key != acts.key
+    assert not torch.equal(erasure.fit_probes(shifted, specs, config, 0)[specs[0].name][0].w_D, probe.w_D)
 
 
 def test_bad_config_is_a_clear_error(tmp_path, tiny_host):
     ctx = EvalContext(host=tiny_host, hook="blocks.1.hook_resid_post")
     sae = random_topk_sae(d_sae=64, d_in=tiny_host.d_model)
     with pytest.raises(SaevalError, match="n_values"):
-        tpp.run(ctx, sae, tpp.SPEC.config("tiny", n_values=[2, 500]))
+        tpp.run(ctx, sae, TPP.config("tiny", n_values=[2, 500]))
     with pytest.raises(SaevalError, match="need two attributes"):
-        scr.run(ctx, sae, scr.SPEC.config("tiny", datasets=["wordnet"]))
+        scr.run(ctx, sae, SCR.config("tiny", datasets=["wordnet"]))
+    with pytest.raises(SaevalError, match="scr needs two attributes.*--set scr.datasets='\\[\"sotu\"\\]'"):
+        SCR.preflight(SCR.config("tiny", datasets=["wordnet"]))  # caught before any model loads
     with pytest.raises(SaevalError, match="fewer than"):
-        tpp.run(ctx, sae, tpp.SPEC.config("tiny", train_set_size=40_000))
+        tpp.run(ctx, sae, TPP.config("tiny", train_set_size=40_000))
     with pytest.raises(SaevalError, match="n_evidence"):
-        shift.run(ctx, sae, shift.SPEC.config("tiny", n_evidence=50))
+        shift.run(ctx, sae, SHIFT.config("tiny", n_evidence=50))
 
 
 # ---------------------------------------------------------------------------------- the real SmolLM2
@@ -437,8 +565,8 @@ def test_offline_scr_set_is_not_degenerate_on_smollm2(smollm2):
                            train_set_size=160, test_set_size=80, ctx_len=24, sink_ratio=10.0, seeds=[0],
                            probe=ProbeConfig(lr=1e-2))
     ctx = EvalContext(host=smollm2, hook="blocks.15.hook_resid_post")
-    (setup,) = scr.pair_setups(ctx, config)
-    check = scr.sanity(setup)["per_seed"][0]
+    (setup,) = pairs.pair_setups(ctx, config)
+    check = pairs.sanity(setup)["per_seed"][0]
     assert check["oracle_c1"] > 0.7 and check["oracle_c2"] > 0.7
     assert abs(check["biased_on_c1"] - check["biased_on_c2"]) > 0.05
     assert check["biased_on_biased"] > 0.85

@@ -1,5 +1,6 @@
 """Self-explanation: prompt placeholders, sweep metrics vs an independent full forward, prefill-only
-replacement under left padding, failure flag, bad input; one real SmolLM2 check."""
+replacement under left padding, failure flag, bad input, the registered eval's latent choice from core's
+densities and its config checks; one real SmolLM2 check."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from saeval.errors import SaevalError
-from saeval.evals.explain import (
-    ExplainConfig,
+from saeval.evals.self_explanation.config import SelfExplanationConfig, SelfExplanationResult
+from saeval.evals.self_explanation.explain import (
     build_prompt,
     extract_explanation,
     generate_with_vectors,
@@ -42,7 +43,7 @@ def test_prompt_placeholders(tiny_host):
 
 def test_sweep_matches_independent_full_forward(tiny_host):
     host = tiny_host
-    cfg = ExplainConfig(n_search_scales=3, max_scale=30.0, **TINY)
+    cfg = SelfExplanationConfig(n_search_scales=3, max_scale=30.0, **TINY)
     d = F.normalize(torch.randn(host.d_model, generator=torch.Generator().manual_seed(1)), dim=0)
     sweep = scale_sweep(host, d[None], cfg)[0]
     ids, pos = build_prompt(host, "repeat")
@@ -76,7 +77,7 @@ def test_zero_direction_is_flagged_failed(tiny_host):
     sae = tiny_sae(tiny_host)
     with torch.no_grad():
         sae.W_dec[2] = 0.0  # no direction: nothing to inject, self-similarity stays 0
-    cfg = ExplainConfig(n_search_scales=4, n_generation_scales=2, max_new_tokens=3, max_scale=50.0, **TINY)
+    cfg = SelfExplanationConfig(n_search_scales=4, n_generation_scales=2, max_new_tokens=3, max_scale=50.0, **TINY)
     out = self_explain(tiny_host, sae, [0, 2], cfg)
     assert out[1].sweep.failed and out[1].sweep.max_selfsim == pytest.approx(0.0, abs=1e-6)
     assert out[0].sweep.max_selfsim > 0.01 and not out[0].sweep.failed  # the residual stream carries x forward
@@ -125,10 +126,45 @@ def test_extract_and_bad_inputs(tiny_host):
     assert extract_explanation('Nope\n5. "x"') == "Nope"
     sae = tiny_sae(tiny_host)
     with pytest.raises(SaevalError, match="out of range"):
-        self_explain(tiny_host, sae, [3], ExplainConfig(**TINY))
+        self_explain(tiny_host, sae, [3], SelfExplanationConfig(**TINY))
     with pytest.raises(SaevalError, match="must come after"):
         scale_sweep(tiny_host, torch.ones(1, tiny_host.d_model),
-                    ExplainConfig(rep_hook="blocks.2.hook_resid_pre", probe_hook="blocks.1.hook_resid_post"))
+                    SelfExplanationConfig(rep_hook="blocks.2.hook_resid_pre", probe_hook="blocks.1.hook_resid_post"))
+
+
+def test_eval_draws_live_latents_from_core(tiny_host):
+    """The registered eval picks its latents among those core's densities call alive (ctx.requirement), and
+    needs core only when it must pick them."""
+    from types import SimpleNamespace
+
+    from saeval.evals import get_eval
+    from saeval.evals.base import EvalContext
+
+    spec = get_eval("self_explanation")
+    config = spec.config("tiny", n_latents=2)
+    assert spec.prerequisites(config) == ("core",)
+    assert spec.prerequisites(spec.config("tiny", latents=[1])) == ()
+    sae = tiny_sae(tiny_host, d_sae=6)
+    ctx = EvalContext(host=tiny_host, hook="blocks.1.hook_resid_post", preset="tiny")
+    ctx.provide(sae, SimpleNamespace(eval="core", details=SimpleNamespace(latent_density=[0, 0.1, 0, 0.2, 0, 0])))
+    result = spec.run_fn()(ctx, sae, config)
+    assert isinstance(result, SelfExplanationResult) and result.details.latents == [1, 3]
+    assert [e.latent for e in result.details.explanations] == [1, 3] and result.metrics.n_latents == 2
+    assert all(len(e.sweep.scales) == 4 for e in result.details.explanations)  # the tiny preset's sweep
+    assert SelfExplanationResult.model_validate(result.model_dump(mode="json")) == result
+
+
+def test_config_checks():
+    from saeval.evals import get_eval
+
+    spec = get_eval("self_explanation")
+    with pytest.raises(SaevalError, match="template"):
+        spec.config(template="poem")
+    with pytest.raises(SaevalError, match="max_scale"):
+        spec.config(min_scale=10.0, max_scale=5.0)
+    with pytest.raises(SaevalError, match="n_search_scales"):
+        spec.config(n_search_scales=0)
+    assert all(f.description for f in SelfExplanationConfig.model_fields.values())
 
 
 @pytest.mark.smollm2
@@ -140,7 +176,8 @@ def test_smollm2_repeats_an_injected_word(smollm2):
     sae = create_sae(SAEConfig(architecture="relu", d_in=host.d_model, d_sae=1))
     with torch.no_grad():
         sae.W_dec[0] = resid
-    cfg = ExplainConfig(n_search_scales=4, n_generation_scales=2, min_scale=60.0, max_scale=140.0, max_new_tokens=5)
+    cfg = SelfExplanationConfig(n_search_scales=4, n_generation_scales=2, min_scale=60.0, max_scale=140.0,
+                                max_new_tokens=5)
     out = self_explain(host, sae, [0], cfg)[0]
     assert not out.sweep.failed and out.sweep.chosen_scale > 60.0
     assert any("elephant" in e.lower() for e in out.best), out.best

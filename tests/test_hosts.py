@@ -141,3 +141,73 @@ def test_sampler_matches_softmax_distribution():
     assert chi2 < 30, (observed, expected.round())  # 8 degrees of freedom: p ~ 2e-4
     again = sample_from_logits(logits.expand(n, -1).contiguous(), torch.Generator().manual_seed(0), block=4)[:, 0]
     assert torch.equal(picks, again)
+
+
+def _replace_last(acts_VD):
+    def replace(acts_BLD):
+        acts_BLD = acts_BLD.clone()
+        acts_BLD[:, -1] = acts_VD.to(acts_BLD.dtype)
+        return acts_BLD
+
+    return replace
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox", "gemma2"])
+def test_last_position_passes_equal_full_forward(arch, tiny_host, smollm2_tokenizer):
+    """final_residual_last_VD after prefix_last (cached earlier positions, one single-position pass per
+    variant) equals a full forward with the last position replaced, read at the last block's output."""
+    host = tiny_host if arch == "llama" else {h.config.model_type: h for h in _other_hosts(smollm2_tokenizer)}[arch]
+    tokens = _tokens(host, B=1, L=9)
+    last = f"blocks.{host.n_layers - 1}.hook_resid_post"
+    hooks = ["blocks.1.hook_resid_post", "blocks.1.hook_resid_pre", "blocks.0.hook_mlp_out", last]
+    for hook in hooks:
+        base = host.capture(tokens, [hook])[hook][0, -1]
+        acts_VD = base + torch.randn(4, base.shape[0], generator=torch.Generator().manual_seed(0))
+        caps = {last: []}
+        host.forward(tokens.repeat(4, 1), interventions={hook: _replace_last(acts_VD)}, captures=caps)
+        want_VD = caps[last][0][:, -1]
+        point = host.hook(hook)
+        for cached in (True, False):
+            state = host.prefix_last(tokens, hook, cached=cached)
+            if hook == last:  # the hook is the final residual: nothing to run
+                assert state.start_block == host.n_layers
+            elif cached and point.kind != "hook_mlp_out":  # a residual hook: cached single-position passes
+                assert state.start_block == point.layer + (point.kind == "hook_resid_post")
+            else:
+                assert state.start_block == -1
+            torch.testing.assert_close(host.final_residual_last_VD(state, acts_VD), want_VD, atol=1e-4, rtol=1e-4)
+        # The state is reusable: a second batch of variants through the same cache.
+        state = host.prefix_last(tokens, hook)
+        torch.testing.assert_close(host.final_residual_last_VD(state, acts_VD[:1]), want_VD[:1], atol=1e-4,
+                                   rtol=1e-4)
+        torch.testing.assert_close(host.final_residual_last_VD(state, acts_VD), want_VD, atol=1e-4, rtol=1e-4)
+    with pytest.raises(SaevalError, match="one prompt of at least 2 tokens"):
+        host.prefix_last(_tokens(host, B=2), hooks[0])
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma2", "biased"])
+def test_unembedding_rows_equal_full_logits_columns(arch, tiny_host, smollm2_tokenizer):
+    """vocab_logits_BLV with unembedding_rows_VD gives the full logits' columns of those tokens, with the
+    head's bias (biased) and Gemma-2's soft-capping (gemma2)."""
+    if arch == "biased":
+        from tests.conftest import make_tiny_llama_host
+
+        host = make_tiny_llama_host(smollm2_tokenizer, n_layers=1, d_model=32, seed=1)
+        head = torch.nn.Linear(32, len(smollm2_tokenizer), bias=True)
+        torch.nn.init.normal_(head.bias)
+        host.model.lm_head = head.requires_grad_(False)
+    else:
+        host = tiny_host if arch == "llama" else {h.config.model_type: h
+                                                  for h in _other_hosts(smollm2_tokenizer)}[arch]
+    ids = [5, 1234, 17, 4000, 5]
+    W_VD, b_V = host.unembedding_rows_VD(ids)
+    assert W_VD.shape == (5, host.d_model) and W_VD.dtype == torch.float32
+    assert (b_V is not None) == (arch == "biased")
+    tokens = _tokens(host, B=2, L=7)
+    last = f"blocks.{host.n_layers - 1}.hook_resid_post"
+    resid_BLD = host.capture(tokens, [last])[last]
+    full_BLV = host.logits_from_residual(resid_BLD)
+    torch.testing.assert_close(host.vocab_logits_BLV(resid_BLD, W_VD, b_V), full_BLV[..., ids].float(),
+                               atol=1e-5, rtol=1e-5)
+    # And the full logits are the model's own.
+    torch.testing.assert_close(full_BLV, host.forward(tokens), atol=1e-4, rtol=1e-4)

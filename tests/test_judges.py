@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -16,16 +17,32 @@ from saeval.llm import LLMError, LocalChatModel, OpenAIChatModel
 
 class FakeEndpoint(BaseHTTPRequestHandler):
     """Replies by the first word of the user message: ok -> a valid reply, garbage -> a non-JSON body,
-    nochoices -> JSON without choices, fail -> HTTP 500; any other -> echo 'Yes.' or the scripted reply."""
+    nochoices -> JSON without choices, fail -> HTTP 500, slow -> 'Yes.' after 0.1 s; any other -> echo 'Yes.'
+    or the scripted reply. Records the most requests in flight at once."""
 
     script: dict[str, str] = {}
     seen: list[dict] = []
+    lock = threading.Lock()
+    in_flight = max_in_flight = 0
 
     def do_POST(self):  # noqa: N802 (http.server's naming)
+        cls = FakeEndpoint
+        with cls.lock:
+            cls.in_flight += 1
+            cls.max_in_flight = max(cls.max_in_flight, cls.in_flight)
+        try:
+            self.answer()
+        finally:
+            with cls.lock:
+                cls.in_flight -= 1
+
+    def answer(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         FakeEndpoint.seen.append({"body": body, "auth": self.headers.get("Authorization")})
         message = body["messages"][0]["content"]
         key = message.split()[0]
+        if key == "slow":
+            time.sleep(0.1)
         if key == "fail":
             self.send_response(500)
             self.end_headers()
@@ -51,21 +68,25 @@ def endpoint(monkeypatch):
     thread.start()
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     FakeEndpoint.seen.clear()
+    FakeEndpoint.max_in_flight = 0
     yield f"http://127.0.0.1:{server.server_address[1]}/v1"
     server.shutdown()
 
 
+FAST = {"timeout": 5, "max_retries": 1, "backoff": 0.01}  # saeval.llm's retry schedule is tested in test_llm.py
+
+
 def test_openai_chat_model_against_a_fake_server(endpoint):
-    model = OpenAIChatModel("fake-model", endpoint, timeout=5)
+    model = OpenAIChatModel("fake-model", endpoint, **FAST)
     assert model.complete(["ok hello"], max_new_tokens=7) == ["Yes."]
     sent = FakeEndpoint.seen[-1]
     assert sent["auth"] == "Bearer sk-test" and sent["body"]["model"] == "fake-model"
     assert sent["body"]["max_tokens"] == 7
-    for word, match in (("garbage", "without choices"), ("nochoices", "without choices"), ("fail", "failed")):
+    for word, match in (("garbage", "not JSON"), ("nochoices", "without choices"), ("fail", "failed")):
         with pytest.raises(LLMError, match=match):
             model.complete([f"{word} please"])
     with pytest.raises(LLMError, match="failed"):
-        OpenAIChatModel("m", "http://127.0.0.1:9", timeout=2).complete(["ok"])
+        OpenAIChatModel("m", "http://127.0.0.1:9", **FAST).complete(["ok"])
 
 
 def evidence(latent: int, explanation: str | None = None) -> LatentEvidence:
@@ -76,17 +97,29 @@ def evidence(latent: int, explanation: str | None = None) -> LatentEvidence:
 def test_llm_judge_records_garbage_and_failures(endpoint):
     FakeEndpoint.script.update({"A": "No, it is about professions.", "B": "Maybe?"})
     judge = make_judge(f"llm:openai:fake@{endpoint}")
+    assert judge.name == f"llm:openai:fake@{endpoint}"
     question = Question(spurious="gender", target="profession")
 
     class Scripted(LLMJudge):  # put the script key first in the prompt the endpoint sees
         def prompt(self, item, question):
             return ["A", "B", "fail", "garbage", "ok"][item.latent] + " " + super().prompt(item, question)
 
-    scripted = Scripted(judge.model)  # type: ignore[attr-defined]
+    scripted = Scripted(OpenAIChatModel("fake", endpoint, **FAST))
     verdicts = scripted.judge([evidence(i) for i in range(5)], question)
     assert [v.verdict for v in verdicts] == ["not_spurious", "failed", "failed", "failed", "spurious"]
     assert verdicts[1].reply == "Maybe?" and "yes or no" in verdicts[1].error
     assert "failed" in verdicts[2].error and verdicts[3].error
+
+
+def test_llm_judge_sends_several_requests_at_once(endpoint):
+    class Slow(LLMJudge):
+        def prompt(self, item, question):
+            return "slow " + super().prompt(item, question)
+
+    judge = Slow(OpenAIChatModel("fake", endpoint, concurrency=4, **FAST))
+    verdicts = judge.judge([evidence(i) for i in range(8)], Question(spurious="gender", target="profession"))
+    assert [v.verdict for v in verdicts] == ["spurious"] * 8 and [v.latent for v in verdicts] == list(range(8))
+    assert FakeEndpoint.max_in_flight > 1
 
 
 def test_parse_yes_no():

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from saeval import hub
 from saeval.data.labeled import AMAZON, BIAS_IN_BIOS, load_labeled, sample_rows, scr_task, tpp_task
 from saeval.errors import SaevalError
+from saeval.evals.scr import SPEC as SCR
+from saeval.evals.shift import SPEC as SHIFT
+from saeval.evals.tpp import SPEC as TPP
 
 
 def bios_frame(seed: int, per_cell: int, split: str) -> pd.DataFrame:
@@ -123,3 +128,62 @@ def test_offline_sets_are_real_and_split_cleanly():
         assert set(table.columns["party"]) == {"Republican", "Democratic"}
     task = scr_task(sotu, sotu.scr_pairs[0], 80, 40)
     assert task.labels["c2"] == "before 1913 / from 1913" and len(task.train["biased_pos"]) == 40
+
+
+# ------------------------------------------------------------------------------- preflight (no model loaded)
+def test_preflight_offline_names_the_flags_of_the_offline_sets(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub, "datasets_installed", lambda: True)
+    for spec, offline in ((TPP, "wordnet"), (SCR, "sotu"), (SHIFT, "sotu")):
+        start = time.time()
+        with pytest.raises(SaevalError) as err:
+            spec.preflight(spec.config())  # the paper defaults name the hub datasets
+        assert time.time() - start < 1.0
+        message = str(err.value)
+        assert "\n" not in message and "HF_HUB_OFFLINE=1" in message and BIAS_IN_BIOS in message
+        assert f"--set {spec.name}.datasets='[\"{offline}\"]' (offline)" in message
+        assert f"--set {spec.name}.datasets='[\"{BIAS_IN_BIOS}=FOLDER\"]'" in message
+    TPP.preflight(TPP.config(datasets=["wordnet"]))
+    SCR.preflight(SCR.config(datasets=["sotu", "wordnet-pos"]))
+    SHIFT.preflight(SHIFT.config("tiny"))
+
+
+def test_preflight_asks_the_hub_once_and_accepts_local_folders(monkeypatch, bios_dir):
+    for var in hub.OFFLINE_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    monkeypatch.setattr(hub, "datasets_installed", lambda: True)
+    asked = []
+    monkeypatch.setattr(hub, "_connects", lambda host, port: asked.append((host, port)) or False)
+    monkeypatch.setattr(hub, "_via_proxy", lambda host, scheme: None)
+    with pytest.raises(SaevalError, match=f"{AMAZON} from the Hugging Face hub, but huggingface.co:443 did not"):
+        TPP.preflight(TPP.config(datasets=[f"{BIAS_IN_BIOS}={bios_dir}", AMAZON]))
+    assert asked == [("huggingface.co", 443)]  # a local folder needs no hub
+    TPP.preflight(TPP.config(datasets=[f"{BIAS_IN_BIOS}={bios_dir}"]))
+    monkeypatch.setattr(hub, "_connects", lambda host, port: True)
+    TPP.preflight(TPP.config())
+    monkeypatch.setattr(hub, "datasets_installed", lambda: False)
+    with pytest.raises(SaevalError, match=r"""needs the datasets package .*--set tpp.datasets='\["wordnet"\]'"""):
+        TPP.preflight(TPP.config(datasets=[f"{BIAS_IN_BIOS}={bios_dir}"]))
+
+
+def test_preflight_refuses_unknown_sets_and_missing_folders(tmp_path):
+    with pytest.raises(SaevalError, match="unknown labeled dataset 'imdb'"):
+        TPP.preflight(TPP.config(datasets=["imdb"]))
+    with pytest.raises(SaevalError, match="does not exist"):
+        SCR.preflight(SCR.config(datasets=[f"{AMAZON}={tmp_path / 'nowhere'}"]))
+
+
+def test_hub_reachability_is_cached_and_bounded(monkeypatch):
+    for var in hub.OFFLINE_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: refused at once
+    monkeypatch.setattr(hub, "_via_proxy", lambda host, scheme: None)
+    hub._connects.cache_clear()
+    start = time.time()
+    assert "127.0.0.1:9 did not answer" in hub.unreachable_reason()
+    assert time.time() - start < hub.TIMEOUT_S + 0.5
+    assert hub._connects.cache_info().currsize == 1
+    hub.unreachable_reason()
+    assert hub._connects.cache_info().hits == 1
+    hub._connects.cache_clear()

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from saeval.analysis import matching
+from saeval.analysis.matching import match_saes, topk_both_sides
 from saeval.errors import SaevalError
-from saeval.evals import matching
-from saeval.evals.matching import match_saes, topk_both_sides
 
 
 def planted(n_a=400, n_b=420, d=48, shared=0.6, noise=0.15, seed=0):

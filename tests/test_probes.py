@@ -7,9 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
+from saeval.analysis.probes import ProbeConfig, generator, one_vs_rest_negatives, train_probe
 from saeval.errors import SaevalError
-from saeval.evals.probes import ProbeConfig, generator, one_vs_rest_negatives, train_probe
 
 
 def blobs(n: int, d: int, seed: int, informative: int = 2, gap: float = 1.0):
@@ -66,3 +67,12 @@ def test_bad_probe_data_is_a_clear_error():
         train_probe(x, torch.ones(10, dtype=torch.long), x, torch.ones(10, dtype=torch.long), ProbeConfig(), 0)
     with pytest.raises(SaevalError, match="selection set is empty"):
         train_probe(x, torch.arange(10) % 2, x[:0], torch.zeros(0, dtype=torch.long), ProbeConfig(), 0)
+
+
+def test_probe_config_refuses_typos_and_out_of_range_values():
+    assert ProbeConfig() == ProbeConfig(lr=1e-3, batch_size=16, epochs=20, l1_penalty=1e-3, weight_decay=0.01,
+                                        early_stopping_patience=20)  # SAEBench's constants
+    for bad in ({"lrr": 1e-2}, {"lr": 0.0}, {"batch_size": 0}, {"epochs": 0}, {"l1_penalty": -1.0}):
+        with pytest.raises(ValidationError):
+            ProbeConfig(**bad)
+    assert all(f.description for f in ProbeConfig.model_fields.values())

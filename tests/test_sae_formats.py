@@ -382,6 +382,24 @@ def test_dictionary_learning_errors(tmp_path, w):
     assert "'bias'" in error_of(load_sae, folder)
 
 
+class _Payload:
+    """Unpickling this creates ``marker``: what a malicious checkpoint would do instead."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_dictionary_learning_pickle_payload_is_not_executed(tmp_path, w):
+    state, _, _ = _dl_state("AutoEncoder", w)
+    marker = tmp_path / "pwned"
+    folder = write_dictionary_learning(tmp_path / "evil", "AutoEncoder", {**state, "extra": _Payload(marker)})
+    message = error_of(load_sae, folder)
+    assert not marker.exists() and "ae.pt" in message and "\n" not in message
+
+
 # ---------------------------------------------------------------- Gemma Scope
 
 
@@ -528,6 +546,26 @@ def test_save_load_round_trip(tmp_path, w, x, arch, cfg):
         and written["normalize_activations"] == "none"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp folders left behind
+
+
+def test_saved_files_are_readable_by_others(tmp_path, w):
+    folder = save_sae(_sae("relu", w), tmp_path / "shared")
+    assert folder.stat().st_mode & 0o777 == 0o755
+    assert {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()} == {
+        "cfg.json": 0o644, "sae_weights.safetensors": 0o644}
+
+
+def test_formats_package_keeps_its_public_api():
+    import saeval.saes.formats as formats
+    from saeval.saes.formats.dictionary_learning import from_dictionary_learning
+    from saeval.saes.formats.saelens import from_saelens_dict
+    from saeval.saes.formats.saelens import save_sae as saelens_save
+    from saeval.saes.formats.sparsify import from_sparsify
+
+    assert formats.save_sae is saelens_save is save_sae and formats.load_sae is load_sae
+    assert (formats.from_saelens_dict, formats.from_sparsify, formats.from_dictionary_learning) == (
+        from_saelens_dict, from_sparsify, from_dictionary_learning)
+    assert "AutoEncoder" in formats.DL_CLASSES and "release:sae_id" in formats.FORMATS
 
 
 def test_batchtopk_without_threshold_round_trips_as_topk(tmp_path, w, x):

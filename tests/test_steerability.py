@@ -10,11 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from saeval.analysis.steering import LMReadout, latent_metrics, polysemanticity, summarise, top_concepts
 from saeval.data.vocab import load_vocab, read_vocab_file, wordnet_common_words
 from saeval.errors import SaevalError
-from saeval.evals.base import EvalContext, get_eval, run_evals
-from saeval.evals.steerability import SteerabilityConfig, pick_latents, run, steer_sweep
-from saeval.evals.steering_metrics import LMReadout, latent_metrics, polysemanticity, summarise, top_concepts
+from saeval.evals.base import EvalContext, get_eval
+from saeval.evals.steerability import SPEC, SteerabilityConfig
+from saeval.evals.steerability.run import pick_latents, run, steer_sweep
+from saeval.results import write_result
 from saeval.saes import SAEConfig, create_sae
 
 HOOK = "blocks.1.hook_resid_post"
@@ -111,12 +113,11 @@ def test_sweep_matches_hooked_forward(tiny_host, readout):
 
 
 def test_registered_eval_end_to_end(tiny_host, tmp_path):
-    assert get_eval("steerability").name == "steerability"
+    assert get_eval("steerability") is SPEC
     sae = _random_sae(64, 64, HOOK, seed=4)
     ctx = EvalContext(host=tiny_host, hook=HOOK, corpus="sotu", preset="tiny", seed=1)
-    paths = run_evals(ctx, [sae], ["steerability"], tmp_path / "a")
-    again = run_evals(ctx, [sae], ["steerability"], tmp_path / "b")
-    first, second = json.loads(paths[0].read_text()), json.loads(again[0].read_text())
+    paths = [write_result(tmp_path / d, SPEC.run_fn()(ctx, sae, SPEC.config("tiny"))) for d in ("a", "b")]
+    first, second = (json.loads(p.read_text()) for p in paths)
     for rec in (first, second):
         rec["details"].pop("seconds_prefix"), rec["details"].pop("seconds_sweep")
         rec.pop("seconds"), rec.pop("created_at")
@@ -127,7 +128,7 @@ def test_registered_eval_end_to_end(tiny_host, tmp_path):
     assert met["n_latents"] == 8 and 0.0 <= met["frac_steerable"] <= 1.0
     s_idx = det["strengths"].index(50.0)
     assert met["mean_steerability"] == pytest.approx(np.mean([lat["steerability"][s_idx] for lat in det["latents"]]))
-    html = get_eval("steerability").report([first])
+    html = SPEC.report_fn()([first])
     assert "Steerability S" in html and "rand-4" in html
 
 
@@ -141,6 +142,10 @@ def test_bad_inputs(tiny_host, tmp_path):
         run(ctx, sae, SteerabilityConfig(strengths=[0.0, 5.0, 5.0], **tiny))
     with pytest.raises(SaevalError, match="summary_strength"):
         run(ctx, sae, SteerabilityConfig(strengths=[0.0, 5.0], summary_strength=7.0, **tiny))
+    with pytest.raises(SaevalError, match="lack the baseline 0"):  # before any model loads
+        SPEC.preflight(SPEC.config("tiny", strengths=[5.0]))
+    with pytest.raises(SaevalError, match="vocab_size"):
+        SPEC.config("tiny", vocab_size=0)
     with pytest.raises(SaevalError, match="latents"):
         run(ctx, sae, SteerabilityConfig(latents=[3, 99], **tiny))
     empty = tmp_path / "empty.txt"

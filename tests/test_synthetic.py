@@ -10,20 +10,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from saeval.analysis.synthetic_targets import baseline_latents, fit_gaussian, structured_latents
 from saeval.errors import SaevalError
 from saeval.evals.base import EvalContext
-from saeval.evals.synthetic import (
-    SPEC,
+from saeval.evals.core.config import CoreDetails, CoreResult
+from saeval.evals.synthetic import SPEC
+from saeval.evals.synthetic.report import report
+from saeval.evals.synthetic.run import (
     LastPositionRunner,
     absolute_steps,
     curve_values,
     max_slope_step,
     plateau_length,
     relative_steps,
-    report_section,
     run,
 )
-from saeval.evals.synthetic_targets import baseline_latents, fit_gaussian, structured_latents
 from saeval.results import write_result
 from saeval.saes.base import SAEConfig, create_sae
 
@@ -176,6 +177,17 @@ def test_cached_runner_matches_plain_forward(tiny_host, hook):
     final_full, logits_full = full.run(acts)
     assert torch.allclose(final_fast, final_full, atol=1e-4, rtol=1e-4)
     assert torch.allclose(logits_fast, logits_full, atol=1e-4, rtol=1e-4)
+    # Independently: a plain forward with the last position replaced.
+    def replace(a):
+        a = a.clone()
+        a[:, -1] = acts
+        return a
+
+    caps = {fast.read_hook: []}
+    logits = tiny_host.forward(tokens.repeat(len(acts), 1), interventions={hook: replace}, captures=caps)[:, -1]
+    assert torch.allclose(final_fast, caps[fast.read_hook][0][:, -1], atol=1e-4, rtol=1e-4)
+    assert torch.allclose(logits_fast, logits, atol=1e-4, rtol=1e-4)
+    assert not LastPositionRunner(tiny_host, "blocks.1.hook_mlp_out").fast  # inside a block: full forwards
 
 
 def test_curve_values_match_numpy_l2_and_kl(tiny_host):
@@ -231,18 +243,21 @@ def tiny_runs(tiny_host, tmp_path_factory):
     out = tmp_path_factory.mktemp("synthetic")
     sae, other = random_sae(), random_sae(seed=1, name="rand-b")
     cfg = SPEC.config("tiny")
-    shared_ctx = EvalContext(host=tiny_host, hook=HOOK, corpus="sotu", preset="tiny", out_dir=out)
+    shared_ctx = EvalContext(host=tiny_host, hook=HOOK, corpus="sotu", preset="tiny")
     first = run(shared_ctx, sae, cfg)
     other_shared = run(shared_ctx, other, cfg)  # reuses the first run's prompts and SAE-free curves
     other_fresh = run(EvalContext(host=tiny_host, hook=HOOK, corpus="sotu", preset="tiny"), other, cfg)
-    # A core result with planted densities: latents 0..99 dead, the rest live.
+    # A core result with planted densities (latents 0..99 dead, the rest live), as the runner hands it over.
     density = [0.0] * 100 + [0.01] * 156
-    core = {"eval": "core", "sae": first.sae.model_dump(), "preset": "tiny", "config": {}, "metrics": {},
-            "details": {"latent_density": density, "n_sparsity_tokens": 1000}}
-    (out / sae.name).mkdir(parents=True, exist_ok=True)
-    (out / sae.name / "core.json").write_text(json.dumps(core))
-    second = run(EvalContext(host=tiny_host, hook=HOOK, corpus="sotu", preset="tiny", out_dir=out), sae, cfg)
-    third = run(EvalContext(host=tiny_host, hook=HOOK, corpus="sotu", preset="tiny", out_dir=out), sae, cfg)
+    details = CoreDetails(n_eval_tokens=500, n_density_tokens=1000, latent_density=density,
+                          log10_density_histogram={}, max_decoder_cosine=[0.0] * 256)
+    core = CoreResult.model_construct(eval="core", details=details)
+    with_core = []
+    for _ in range(2):
+        ctx = EvalContext(host=tiny_host, hook=HOOK, corpus="sotu", preset="tiny")
+        ctx.provide(sae, core)
+        with_core.append(run(ctx, sae, cfg))
+    second, third = with_core
     return first, second, third, out, other_shared, other_fresh
 
 
@@ -250,6 +265,8 @@ def test_tiny_run_is_deterministic_and_reuses_core_densities(tiny_runs):
     first, second, third, *_ = tiny_runs
     assert first.details.density_source == "corpus pass"
     assert second.details.density_source == "core" and second.details.n_live_latents == 156
+    assert second.details.density_tokens == 1000
+    assert SPEC.prerequisites(first.config) == ("core",)  # the runner runs core first and hands its result over
     strip = {"created_at", "seconds"}
     assert second.model_dump(exclude=strip) == third.model_dump(exclude=strip)
     d = first.details
@@ -285,7 +302,7 @@ def test_synthetic_latents_are_live_unused_and_keep_the_values():
 def test_report_section_renders(tiny_runs):
     first, _, _, out, *_ = tiny_runs
     path = write_result(out, first)
-    html = report_section([json.loads(path.read_text())])
+    html = report([json.loads(path.read_text())])
     assert "MS step (L2) CDF" in html and "plateau" in html and first.sae.name in html
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from saeval.analysis.windows import collect_windows, top_activated_windows
 from saeval.data.corpora import load_contexts
 from saeval.errors import SaevalError
-from saeval.evals.windows import collect_windows, top_activated_windows
 from saeval.saes.base import SAEConfig, create_sae
 
 HOOK = "blocks.1.hook_resid_post"

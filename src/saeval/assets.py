@@ -10,6 +10,7 @@ from saeval.errors import SaevalError
 
 CACHE_ENV = "SAEVAL_CACHE"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_MODELS = {"smollm2-135m": "SmolLM2-135M-Instruct (packaged GGUF, converted once to fp32 safetensors)"}
 
 
 def cache_dir() -> Path:

@@ -1,5 +1,5 @@
 """The embedded default: SmolLM2-135M-Instruct, a middle residual hook, two small TopK SAEs (two seeds, so the
-matching study has a pair) trained on State of the Union text and cached, every registered eval on them."""
+case study has a pair) trained on State of the Union text and cached, every registered eval and study on them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 from saeval.assets import cache_dir
 from saeval.data.activations import ActivationCache
 from saeval.data.corpora import load_contexts
-from saeval.saes.train import TrainConfig, train_sae
+from saeval.saes.train import train_sae
+from saeval.saes.train_config import TrainConfig
 
 DEMO_MODEL = "smollm2-135m"
 DEMO_HOOK = "blocks.15.hook_resid_post"
@@ -45,28 +46,23 @@ def demo_saes(host, seeds: tuple[int, ...] = DEMO_SEEDS) -> list:
 
 
 def run_demo(out_dir: Path, force: bool = False) -> Path:
-    """Every registered eval with its "demo" preset on both demo SAEs, then the HTML report."""
+    """Every registered eval and study with its "demo" preset on both demo SAEs, then the HTML report."""
     import time
 
-    import saeval.casestudy  # noqa: F401  (adds the FaithfulSAE case study to PAIR_STUDIES)
-    import saeval.faithful  # noqa: F401  (adds the SOTU vs self-generated SAE comparison to PAIR_STUDIES)
-    from saeval.evals import EVALS, EvalContext, get_eval, run_evals
+    from saeval.evals.base import EVALS, EvalContext, get_eval
     from saeval.hosts import LanguageHost
     from saeval.report import build_report
+    from saeval.runner import run_evals
+    from saeval.studies import STUDIES, run_studies
 
     start = time.time()
     host = LanguageHost.load(DEMO_MODEL)
     saes = demo_saes(host)
-    get_eval("core")
+    get_eval("core")  # registers the built-in evals
     names = ["core", *sorted(n for n in EVALS if n != "core")]
     ctx = EvalContext(host=host, hook=DEMO_HOOK, corpus=DEMO_CORPUS, preset="demo")
     run_evals(ctx, saes, names, out_dir, force=force)
-    for study in PAIR_STUDIES:
-        study(ctx, saes, Path(out_dir), force)
+    run_studies(ctx, saes, sorted(STUDIES), out_dir, force=force)
     path = build_report(Path(out_dir))
     print(f"demo finished in {time.time() - start:.0f}s")
     return path
-
-
-# Studies over the pair of demo SAEs (e.g. the FaithfulSAE case study): fn(ctx, saes, out_dir, force).
-PAIR_STUDIES: list = []

@@ -8,7 +8,8 @@ list of most active words, no model) or "none" (the windows themselves). Judges:
   start with yes or no.
 * ``embedding`` / ``embedding:PATH``: all-MiniLM-L6-v2 cosine between the explanation and the two attribute
   descriptions; spurious when closer to the spurious one by more than ``margin``.
-A failed call or a reply that is not a yes/no becomes a recorded failed judgement, never a guessed verdict.
+Endpoint explanations and judgements are sent several at once (:func:`saeval.llm.complete_many`). A failed
+call or a reply that is not a yes/no becomes a recorded failed judgement, never a guessed verdict.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Literal, Protocol
 from pydantic import BaseModel
 
 from saeval.errors import SaevalError
-from saeval.llm import ChatModel, LLMError, chat_model
+from saeval.llm import ChatModel, LLMError, chat_model, complete_many
 
 Verdict = Literal["spurious", "not_spurious", "failed"]
 
@@ -84,17 +85,9 @@ def explain(explainer: str, evidence: list[LatentEvidence], host=None, max_new_t
         return "tokens (the most active words, no model)"
     model: ChatModel = chat_model(explainer, host)
     prompts = [EXPLAIN_PROMPT.format(windows=numbered(item.windows)) for item in evidence]
-    try:
-        replies = model.complete(prompts, max_new_tokens=max_new_tokens, temperature=0.0)
-    except LLMError:  # an endpoint may fail on one prompt only: retry one by one to keep the others
-        replies = []
-        for prompt in prompts:
-            try:
-                replies += model.complete([prompt], max_new_tokens=max_new_tokens, temperature=0.0)
-            except LLMError as err:
-                replies.append(err)  # type: ignore[arg-type]
+    replies = complete_many(model, prompts, max_new_tokens=max_new_tokens, temperature=0.0)
     for item, reply in zip(evidence, replies, strict=True):
-        if isinstance(reply, Exception):
+        if isinstance(reply, LLMError):
             item.explanation_error = str(reply)
         elif not str(reply).strip():
             item.explanation_error = "the explainer returned an empty explanation"
@@ -135,13 +128,13 @@ class LLMJudge:
                 out.append(Judgement(latent=item.latent, verdict="spurious" if p_yes > 0.5 else "not_spurious",
                                      score=p_yes, reply=f"{'Yes' if p_yes > 0.5 else 'No'} (P(yes)={p_yes:.3f})"))
             return out
-        return [self._one(item, prompt) for item, prompt in zip(evidence, prompts, strict=True)]
+        replies = complete_many(self.model, prompts, max_new_tokens=self.max_new_tokens, temperature=0.0)
+        return [self._verdict(item, reply) for item, reply in zip(evidence, replies, strict=True)]
 
-    def _one(self, item: LatentEvidence, prompt: str) -> Judgement:
-        try:
-            reply = self.model.complete([prompt], max_new_tokens=self.max_new_tokens, temperature=0.0)[0]
-        except LLMError as err:
-            return Judgement(latent=item.latent, verdict="failed", error=str(err))
+    @staticmethod
+    def _verdict(item: LatentEvidence, reply: str | LLMError) -> Judgement:
+        if isinstance(reply, LLMError):
+            return Judgement(latent=item.latent, verdict="failed", error=str(reply))
         answer = parse_yes_no(reply)
         if answer is None:
             return Judgement(latent=item.latent, verdict="failed", reply=reply[:300],

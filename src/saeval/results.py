@@ -1,13 +1,12 @@
 """Typed eval results and their JSON files: one file per (SAE, eval), written atomically.
 
-``OUT/<sae-name>/<eval>.json`` holds eval, sae, preset, config, metrics, details, saeval_version, created_at.
+``OUT/<sae-name>/<eval>.json`` holds eval, sae, preset, config, metrics, details, and what made it: the
+``config_hash`` (see :mod:`saeval.runner.hashing`), its inputs, provenance, warnings and data sizes.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -16,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from saeval import __version__
 from saeval.errors import SaevalError
+from saeval.io import write_json_atomic
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 MetricsT = TypeVar("MetricsT", bound=BaseModel)
@@ -38,6 +38,24 @@ class SAEInfo(BaseModel):
                    d_in=cfg.d_in, d_sae=cfg.d_sae, hook_name=cfg.hook_name, model_name=cfg.model_name)
 
 
+class Provenance(BaseModel):
+    """Where a result came from, for a reader who wants to reproduce it."""
+
+    sae_path: str | None = None
+    sae_weights_hash: str | None = None
+    model: str | None = None
+    model_fingerprint: str | None = None
+    model_revision: str | None = None
+    hook: str | None = None
+    corpus: str | None = None
+    corpus_fingerprint: str | None = None
+    seed: int | None = None
+    device: str | None = None
+    dtype: str | None = None
+    versions: dict[str, str] = {}
+    command: str | None = None
+
+
 class EvalResult(BaseModel, Generic[ConfigT, MetricsT, DetailsT]):
     eval: str
     sae: SAEInfo
@@ -49,27 +67,19 @@ class EvalResult(BaseModel, Generic[ConfigT, MetricsT, DetailsT]):
     seconds: float | None = None
     saeval_version: str = __version__
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    config_hash: str | None = Field(None, description="hash of everything that made this result (see hash_inputs)")
+    hash_inputs: dict[str, Any] = Field({}, description="what the config hash covers, to name what changed")
+    provenance: Provenance | None = None
+    warnings: list[str] = Field([], description="why a number may not mean what it seems (sizes cut, ...)")
+    sizes: dict[str, dict[str, int]] = Field({}, description="requested and used data sizes")
 
 
 def result_path(out_dir: Path, sae_name: str, eval_name: str) -> Path:
     return Path(out_dir) / sae_name / f"{eval_name}.json"
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write to a temp file in the same folder, then rename: a crash never leaves a partial result."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=1, allow_nan=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_result(out_dir: Path, result: EvalResult) -> Path:
-    path = result_path(out_dir, result.sae.name, result.eval)
+def write_result(out_dir: Path, result: EvalResult, folder: str | None = None) -> Path:
+    path = result_path(out_dir, folder or result.sae.name, result.eval)
     write_json_atomic(path, result.model_dump(mode="json"))
     return path
 

@@ -1,12 +1,10 @@
 """Activation streams at a hook: bounded-memory batches, and an optional safetensors disk cache reused across
-SAEs evaluated on the same (model, hook, corpus, n_tokens)."""
+SAEs evaluated on the same (model content, hook, context tokens)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from saeval.assets import cache_dir
+from saeval.data.cache import CacheKey, Verify, get_or_build
 from saeval.errors import SaevalError
 
 
@@ -44,16 +42,28 @@ def stream_activations(host, hook: str, contexts_NL: Tensor, batch_size: int = 8
         yield ActivationBatch(tokens, acts, host.ordinary_mask(tokens))
 
 
-def _cache_key(host, hook: str, corpus: str, contexts_NL: Tensor) -> str:
-    digest = hashlib.sha1(contexts_NL.numpy().tobytes()).hexdigest()[:12]
-    label = f"{host.name}|{hook}|{corpus}|{tuple(contexts_NL.shape)}|{digest}"
-    return hashlib.sha1(label.encode()).hexdigest()[:16]
+def activation_key(host, hook: str, contexts_NL: Tensor) -> CacheKey:
+    """What the activations depend on: the model's content (weights, config, tokenizer), the device kind and
+    dtype it runs in, the hook, and the context tokens themselves (the corpus name is only a label)."""
+    contexts = contexts_NL.detach().cpu().contiguous()
+    h = hashlib.blake2b(digest_size=8)
+    h.update(contexts.numpy().tobytes())
+    device, dtype = getattr(host, "device", None), getattr(host, "dtype", None)
+    return CacheKey("activations", {
+        "format": 2,
+        "model": host.fingerprint() if hasattr(host, "fingerprint") else host.name,
+        "device": None if device is None else str(getattr(device, "type", device)),
+        "dtype": None if dtype is None else str(dtype),
+        "hook": hook,
+        "contexts": {"shape": list(contexts.shape), "dtype": str(contexts.dtype), "blake2b": h.hexdigest()},
+    })
 
 
 class ActivationCache:
     """Ordinary-token activations at one hook over a set of contexts, stored as safetensors shards.
 
-    Built once (streaming, bounded memory: one shard in RAM at a time), then read shard by shard."""
+    Built once (streaming, bounded memory: one shard in RAM at a time) through saeval.data.cache, so two
+    processes never compute it twice and a damaged shard is found and rebuilt; then read shard by shard."""
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -65,51 +75,46 @@ class ActivationCache:
     @classmethod
     def build(
         cls, host, hook: str, corpus: str, contexts_NL: Tensor, batch_size: int = 8, shard_tokens: int = 65536,
-        folder: Path | None = None, progress=None,
+        folder: Path | None = None, progress=None, verify: Verify = "full",
     ) -> ActivationCache:
-        folder = folder or cache_dir() / "activations" / _cache_key(host, hook, corpus, contexts_NL)
-        if (folder / "meta.json").exists():
-            return cls(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        # A private temp folder per builder: two processes building the same cache never share files.
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-        shards: list[str] = []
-        pending: list[Tensor] = []
-        n_pending = total = 0
+        """The cache for (host, hook, contexts), computed when absent; ``folder`` overrides the keyed place."""
 
-        def flush() -> None:
-            nonlocal pending, n_pending
-            name = f"shard_{len(shards):04d}.safetensors"
-            save_file({"acts": torch.cat(pending).contiguous()}, str(tmp / name))
-            shards.append(name)
-            pending, n_pending = [], 0
+        def write(tmp: Path) -> None:
+            shards: list[str] = []
+            pending: list[Tensor] = []
+            n_pending = total = 0
 
-        for batch in stream_activations(host, hook, contexts_NL, batch_size):
-            flat = batch.flat()
-            pending.append(flat)
-            n_pending += len(flat)
-            total += len(flat)
-            if progress is not None:
-                progress(len(batch.tokens_BL))
-            if n_pending >= shard_tokens:
+            def flush() -> None:
+                nonlocal pending, n_pending
+                name = f"shard_{len(shards):04d}.safetensors"
+                save_file({"acts": torch.cat(pending).contiguous()}, str(tmp / name))
+                shards.append(name)
+                pending, n_pending = [], 0
+
+            for batch in stream_activations(host, hook, contexts_NL, batch_size):
+                flat = batch.flat()
+                pending.append(flat)
+                n_pending += len(flat)
+                total += len(flat)
+                if progress is not None:
+                    progress(len(batch.tokens_BL))
+                if n_pending >= shard_tokens:
+                    flush()
+            if pending:
                 flush()
-        if pending:
-            flush()
-        meta = {"n_tokens": total, "d_model": host.d_model, "shards": shards, "model": host.name, "hook": hook,
-                "corpus": corpus, "contexts": list(contexts_NL.shape)}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        try:
-            tmp.rename(folder)
-        except OSError:  # another process finished the same cache first: keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-        return cls(folder)
+            meta = {"n_tokens": total, "d_model": host.d_model, "shards": shards, "model": host.name, "hook": hook,
+                    "corpus": corpus, "contexts": list(contexts_NL.shape)}
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+
+        key = folder if folder is not None else activation_key(host, hook, contexts_NL)
+        return cls(get_or_build(key, write, verify=verify))
 
     def __iter__(self) -> Iterator[Tensor]:
         for shard in self.shards:
             try:
                 yield load_file(str(shard))["acts"]
             except Exception as err:  # safetensors raises several types on a damaged file
-                raise SaevalError(f"activation cache shard {shard} is corrupt: delete {self.folder} and rerun") from err
+                raise SaevalError(f"activation cache shard {shard} is corrupt: rerun to rebuild it") from err
 
     def load_all(self) -> Tensor:
         return torch.cat(list(self))

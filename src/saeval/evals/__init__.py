@@ -1,8 +1,17 @@
-"""Built-in evals register themselves on import (see evals/base.py)."""
+"""The registered evals, one package each (see evals/base.py); importing this registers them all."""
 
-from saeval.evals import core, embedding_score, explain, scr, shift, steerability, synthetic, tpp
-from saeval.evals.base import EVALS, EvalConfig, EvalContext, EvalSpec, get_eval, register_eval, run_evals
+from saeval.evals import (  # noqa: E402, I001  (each package registers its eval on import)
+    core,
+    embedding_score,
+    scr,
+    self_explanation,
+    shift,
+    steerability,
+    synthetic,
+    tpp,
+)
+from saeval.evals.base import EVALS, EvalConfig, EvalContext, EvalSpec, get_eval, register_eval
 
-BUILTIN_EVAL_MODULES = (core, embedding_score, explain, scr, shift, steerability, synthetic, tpp)
+BUILTIN_EVALS = (core, embedding_score, scr, self_explanation, shift, steerability, synthetic, tpp)
 
-__all__ = ["EVALS", "EvalConfig", "EvalContext", "EvalSpec", "get_eval", "register_eval", "run_evals"]
+__all__ = ["EVALS", "EvalConfig", "EvalContext", "EvalSpec", "get_eval", "register_eval"]

@@ -1,20 +1,25 @@
-"""What every eval shares: the context it runs in, its registry entry, and the resumable runner."""
+"""What every eval shares: its registry entry, the context it runs in, and config resolution.
+
+An eval is a package ``saeval/evals/<name>/``:
+
+- ``config.py``: ``XConfig(EvalConfig)`` whose fields carry a description (the CLI, ``saeval show`` and the JSON
+  schema read them), and ``XResult(EvalResult[XConfig, XMetrics, XDetails])`` with typed metrics. It imports no
+  torch, so a run validates every config within a second, before any model loads.
+- ``run.py``: ``run(ctx, sae, config) -> XResult``, the heavy part, imported only when the eval runs.
+- ``__init__.py``: ``register_eval(EvalSpec(name, XConfig, XResult, run="saeval.evals.x.run:run", ...))``.
+"""
 
 from __future__ import annotations
 
-import time
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-from rich.console import Console
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from saeval.errors import SaevalError
-from saeval.results import EvalResult, read_result, result_path, write_result
-
-console = Console(stderr=True)
+from saeval.results import EvalResult
 
 
 class EvalConfig(BaseModel):
@@ -23,9 +28,17 @@ class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def load_object(ref: str | Callable | None) -> Any:
+    """``"package.module:attr"`` imported on first use (keeps torch out of the registry), or the object itself."""
+    if ref is None or not isinstance(ref, str):
+        return ref
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
 @dataclass
 class EvalContext:
-    """Shared by every eval of one run: the host model, the corpus and the random seed."""
+    """Shared by every eval of one run on one (model, hook, corpus) group."""
 
     host: Any  # LanguageHost; evals with another host kind (CLIP) build their own from their config
     hook: str
@@ -33,9 +46,10 @@ class EvalContext:
     ctx_len: int = 128
     seed: int = 0
     preset: str = "paper"
-    out_dir: Path | None = None
     # Per-run memo for work shared across SAEs and evals (contexts, cached activations, probes...).
     memo: dict[str, Any] = field(default_factory=dict)
+    # Results of prerequisite evals of this run, by (id of the SAE object, eval name); filled by the runner.
+    results: dict[tuple[int, str], EvalResult] = field(default_factory=dict)
 
     def envelope(self, eval_name: str, sae) -> dict[str, Any]:
         """The fields every result shares (eval, sae, model, preset), so evals only add config/metrics/details."""
@@ -44,34 +58,87 @@ class EvalContext:
         return {"eval": eval_name, "sae": SAEInfo.of(sae), "model": getattr(self.host, "name", None),
                 "preset": self.preset}
 
-    def previous(self, sae_name: str, eval_name: str) -> dict[str, Any] | None:
-        """An earlier result of this run's output folder, e.g. the core eval's latent densities."""
-        if self.out_dir is None:
-            return None
-        path = result_path(self.out_dir, sae_name, eval_name)
-        return read_result(path) if path.exists() else None
+    def requirement(self, sae, eval_name: str) -> EvalResult | None:
+        """This run's result of a prerequisite eval on ``sae`` (declared in ``EvalSpec.requires``), checked by
+        config hash by the runner; None when the eval was run outside the runner without it."""
+        return self.results.get((id(sae), eval_name))
+
+    def provide(self, sae, result: EvalResult) -> None:
+        """Make ``result`` (of eval ``result.eval`` on ``sae``) available to the evals that require it."""
+        self.results[(id(sae), result.eval)] = result
+
+
+Requires = tuple[str, ...] | Callable[[Any], tuple[str, ...]]
 
 
 @dataclass(frozen=True)
 class EvalSpec:
     name: str
     config_cls: type[EvalConfig]
-    run: Callable[[EvalContext, Any, Any], EvalResult]
+    result_cls: type[EvalResult]
+    run: str | Callable[[EvalContext, Any, Any], EvalResult]  # "module:function", imported when the eval runs
     description: str
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     # (records: list of result dicts of this eval, one per SAE) -> HTML fragment for `saeval report`.
-    report: Callable[[list[dict[str, Any]]], str] | None = None
+    report: str | Callable[[list[dict[str, Any]]], str] | None = None
+    # Evals whose results this one reads (e.g. core's latent densities); the runner runs them first, or reuses
+    # results with a matching config hash. A function of the config when it depends on it.
+    requires: Requires = ()
+    # Cheap checks of a resolved config before any model loads (datasets reachable, files present...).
+    preflight: Callable[[Any], None] | None = None
+
+    def prerequisites(self, config: EvalConfig) -> tuple[str, ...]:
+        return tuple(self.requires(config) if callable(self.requires) else self.requires)
+
+    def run_fn(self) -> Callable[[EvalContext, Any, Any], EvalResult]:
+        return load_object(self.run)
+
+    def report_fn(self) -> Callable[[list[dict[str, Any]]], str] | None:
+        return load_object(self.report)
 
     def config(self, preset: str = "paper", **overrides: Any) -> EvalConfig:
+        """The preset's values, then ``overrides`` (nested dicts merge), validated with one-line errors."""
         if preset != "paper" and preset not in self.presets:
             raise SaevalError(f"eval {self.name} has no preset {preset!r}; presets: paper, {', '.join(self.presets)}")
-        return self.config_cls(**{**self.presets.get(preset, {}), **overrides})
+        values = deep_merge(self.presets.get(preset, {}), overrides)
+        return validate_config(self.name, self.config_cls, values)
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def validate_config(owner: str, cls: type[BaseModel], values: dict[str, Any]) -> Any:
+    """``cls(**values)``, with pydantic's errors turned into one line naming the field and the valid choices."""
+    try:
+        return cls(**values)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden":
+            parent = cls
+            for part in first["loc"][:-1]:
+                sub = parent.model_fields.get(str(part))
+                ann = getattr(sub, "annotation", None)
+                parent = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else parent
+            raise SaevalError(f"{owner} has no field {where!r}; fields: {', '.join(parent.model_fields)} "
+                              f"(saeval show {owner} describes them)") from None
+        raise SaevalError(f"{owner}.{where}: {first['msg']} (got {first.get('input')!r})") from None
 
 
 EVALS: dict[str, EvalSpec] = {}
 
 
 def register_eval(spec: EvalSpec) -> EvalSpec:
+    """Add an eval to the registry; a second eval under a taken name is refused, not silently replaced."""
+    if spec.name in EVALS and EVALS[spec.name] is not spec:
+        raise SaevalError(f"eval {spec.name!r} is already registered by {EVALS[spec.name].config_cls.__module__}")
     EVALS[spec.name] = spec
     return spec
 
@@ -82,32 +149,3 @@ def get_eval(name: str) -> EvalSpec:
     if name not in EVALS:
         raise SaevalError(f"unknown eval {name!r}; available: {', '.join(sorted(EVALS))}")
     return EVALS[name]
-
-
-def run_evals(
-    ctx: EvalContext,
-    saes: list[Any],
-    eval_names: list[str],
-    out_dir: Path,
-    force: bool = False,
-    overrides: dict[str, dict[str, Any]] | None = None,
-) -> list[Path]:
-    """Run each eval on each SAE; finished (SAE, eval) files are kept unless ``force`` (a rerun resumes)."""
-    specs = [get_eval(name) for name in eval_names]
-    ctx.out_dir = Path(out_dir)
-    written = []
-    for sae in saes:
-        for spec in specs:
-            path = result_path(ctx.out_dir, sae.name, spec.name)
-            if path.exists() and not force:
-                console.print(f"[dim]skip {sae.name}/{spec.name}: {path} exists (use --force to recompute)[/dim]")
-                written.append(path)
-                continue
-            config = spec.config(ctx.preset, **(overrides or {}).get(spec.name, {}))
-            console.print(f"[bold]{spec.name}[/bold] on {sae.name} (preset {ctx.preset})")
-            start = time.time()
-            result = spec.run(ctx, sae, config)
-            result.seconds = round(time.time() - start, 2)
-            written.append(write_result(ctx.out_dir, result))
-            console.print(f"  wrote {written[-1]} in {result.seconds:.1f}s")
-    return written

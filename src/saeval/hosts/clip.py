@@ -266,6 +266,18 @@ class CLIPHost:
     def device(self) -> torch.device:
         return _device(self.model)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def fingerprint(self) -> str:
+        """Content hash of the weights (vision and text towers), so results are keyed by what the model is."""
+        if getattr(self, "_fingerprint", None) is None:
+            from saeval.hashing import module_fingerprint
+
+            self._fingerprint = module_fingerprint(self.model)
+        return self._fingerprint
+
     # ------------------------------------------------------------------ hooks
     def hook(self, name: str) -> HookPoint:
         point = parse_hook(name, self.n_layers)

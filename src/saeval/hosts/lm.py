@@ -1,11 +1,15 @@
 """A Hugging Face causal LM with TransformerLens-named hook points.
 
 Capture (with early stop after the last needed block), interventions (replace or edit an activation by a
-function), running the model from a hook onward, and batched generation with interventions active.
+function), running the model from a hook onward (for whole sequences, or for the last position only with the
+earlier ones cached), logits of a few vocabulary rows, and batched generation with interventions active.
 """
 
 from __future__ import annotations
 
+import copy
+import inspect
+import json
 import shutil
 import tempfile
 import time
@@ -68,6 +72,18 @@ class PrefixState:
     block_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class LastPositionState:
+    """One prompt prepared by :meth:`LanguageHost.prefix_last`: ``block_inputs`` holds what each block from
+    ``start_block`` on is called with besides its hidden state, the KV cache of positions 0..L-2 among them.
+    ``start_block`` -1: nothing cached, every call is a full forward; n_layers: the hook is the final residual."""
+
+    tokens_1L: Tensor
+    hook: HookPoint
+    start_block: int
+    block_inputs: list[tuple[tuple, dict[str, Any]]] = field(default_factory=list)
+
+
 class LanguageHost:
     """A causal LM whose activations are addressed by TransformerLens hook names."""
 
@@ -108,6 +124,27 @@ class LanguageHost:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def final_norm(self) -> nn.Module:
+        """The norm between the last block's residual and the unembedding."""
+        return get_attr(self.model, self.layout.final_norm)
+
+    def fingerprint(self) -> str:
+        """A content hash of the weights, the architecture config and the tokenizer's vocabulary, so caches
+        and results are keyed by what the model is rather than by its name. Computed once per host."""
+        if getattr(self, "_fingerprint", None) is None:
+            from saeval.hashing import module_fingerprint, text_digest
+
+            vocab = json.dumps(sorted(self.tokenizer.get_vocab().items()), separators=(",", ":"))
+            parts = [module_fingerprint(self.model), text_digest(self.model.config.to_json_string()),
+                     text_digest(vocab), text_digest(json.dumps(self.tokenizer.all_special_ids))]
+            self._fingerprint = text_digest("|".join(parts))
+        return self._fingerprint
 
     # ------------------------------------------------------------------ hook names
     def hook(self, name: str) -> HookPoint:
@@ -283,12 +320,111 @@ class LanguageHost:
         return hidden
 
     def logits_from_residual(self, resid_BLD: Tensor) -> Tensor:
-        normed = get_attr(self.model, self.layout.final_norm)(resid_BLD)
-        logits = self.model.get_output_embeddings()(normed)
+        """Final norm, unembedding and (Gemma-2) logit soft-capping of a last-block residual: logits_BLV."""
+        logits = self.model.get_output_embeddings()(self.final_norm(resid_BLD))
         cap = getattr(self.config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
         return logits
+
+    # ------------------------------------------------------------------ a few vocabulary rows
+    def unembedding_rows_VD(self, token_ids_V: Sequence[int] | Tensor) -> tuple[Tensor, Tensor | None]:
+        """The unembedding's rows for ``token_ids_V`` ([V, D], float32) and their bias ([V], None when the head
+        has none): gathered once, they give those tokens' logits through :meth:`vocab_logits_BLV`."""
+        head = self.model.get_output_embeddings()
+        ids_V = torch.as_tensor(token_ids_V, dtype=torch.long, device=head.weight.device)
+        W_VD = head.weight[ids_V].float()
+        b_V = head.bias[ids_V].float() if getattr(head, "bias", None) is not None else None
+        return W_VD, b_V
+
+    def vocab_logits_BLV(self, resid_BLD: Tensor, W_VD: Tensor, b_V: Tensor | None = None) -> Tensor:
+        """``logits_from_residual(resid_BLD)[..., token_ids_V]`` (float32) for the rows ``unembedding_rows_VD``
+        returned, without the full vocabulary's matmul: final norm, those rows, soft-capping."""
+        logits = self.final_norm(resid_BLD).float() @ W_VD.T
+        if b_V is not None:
+            logits = logits + b_V
+        cap = getattr(self.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    # ------------------------------------------------------------------ the last position only
+    @torch.inference_mode()
+    def prefix_last(self, tokens_1L: Tensor, hook: str, cached: bool = True) -> LastPositionState:
+        """Prepare :meth:`final_residual_last_VD` for many replacements of the last position's activation at
+        ``hook``. Causal attention never lets the last position change earlier ones, so positions 0..L-2 run
+        once (keys and values kept) and each variant then costs one single-position pass through the blocks
+        after the hook. Hooks inside a block (attn/mlp outputs), and ``cached=False``, use full forwards."""
+        point = self.hook(hook)
+        tokens = tokens_1L.to(self.device)
+        if tokens.ndim != 2 or tokens.shape[0] != 1 or tokens.shape[1] < 2:
+            raise SaevalError(f"prefix_last takes one prompt of at least 2 tokens [1, L], got {list(tokens.shape)}")
+        residual = point.kind in ("hook_resid_pre", "hook_resid_post")
+        start = point.layer if point.kind == "hook_resid_pre" else point.layer + 1
+        if residual and start >= self.n_layers:
+            return LastPositionState(tokens, point, self.n_layers)
+        if not (cached and residual):
+            return LastPositionState(tokens, point, -1)
+        out = self.model(input_ids=tokens[:, :-1], use_cache=True, logits_to_keep=1)
+        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        if cache is None:
+            raise SaevalError(f"{self.name} returned no KV cache, which the cached last-position pass needs: "
+                              "turn it off (cached=False; the synthetic eval's fast_path=false)")
+        state = LastPositionState(tokens, point, start)
+
+        def record(_m, args, kwargs):
+            state.block_inputs.append((tuple(args[1:]), {k: v for k, v in kwargs.items() if k != "hidden_states"}))
+
+        # The last token runs through every block once, on a copy of the cache it extends, to record each
+        # block's own inputs (Gemma-2/3 give each layer its own mask and rotary embeddings).
+        scratch = copy.deepcopy(cache)
+        handles = [block.register_forward_pre_hook(record, with_kwargs=True) for block in self.blocks[start:]]
+        try:
+            self.model(input_ids=tokens[:, -1:], use_cache=True, logits_to_keep=1,
+                       **{_cache_kwarg(self.model): scratch})
+        finally:
+            for handle in handles:
+                handle.remove()
+        state.block_inputs = [_swap(inputs, scratch, cache) for inputs in state.block_inputs]
+        from transformers.cache_utils import Cache
+
+        if any(c is not cache for c in _find(state.block_inputs, Cache)):
+            return LastPositionState(tokens, point, -1)  # the model rewrapped its cache: no safe reuse
+        return state
+
+    @torch.inference_mode()
+    def final_residual_last_VD(self, state: LastPositionState, acts_VD: Tensor) -> Tensor:
+        """The last block's output at the last position (TransformerLens ``blocks.{n-1}.hook_resid_post``,
+        before the final norm; :meth:`logits_from_residual` turns it into logits) when the last position's
+        activation at the state's hook is each row of ``acts_VD``: [V, D] in the model's dtype."""
+        acts_VD = acts_VD.to(self.device, self.dtype)
+        if state.start_block >= self.n_layers:
+            return acts_VD
+        if state.start_block < 0:
+            def replace(acts_BLD: Tensor) -> Tensor:
+                acts_BLD = acts_BLD.clone()
+                acts_BLD[:, -1] = acts_VD.to(acts_BLD.dtype)
+                return acts_BLD
+
+            last = f"blocks.{self.n_layers - 1}.hook_resid_post"
+            tokens = state.tokens_1L.repeat(len(acts_VD), 1)
+            return self.capture(tokens, [last], interventions={state.hook.name: replace})[last][:, -1]
+        from transformers.cache_utils import Cache
+
+        V, tiled = len(acts_VD), {}
+
+        def tile(value):
+            if isinstance(value, Cache):  # a private copy per call: each block appends the new position to it
+                if id(value) not in tiled:
+                    tiled[id(value)] = copy.deepcopy(value)
+                    tiled[id(value)].batch_repeat_interleave(V)
+                return tiled[id(value)]
+            if isinstance(value, tuple):
+                return tuple(tile(v) for v in value)
+            return value  # tensors here have batch 1 and broadcast over the variants
+
+        hidden = acts_VD[:, None, :]
+        for block, (args, kwargs) in zip(self.blocks[state.start_block:], state.block_inputs, strict=True):
+            hidden = _hidden(block(hidden, *tile(args), **{k: tile(v) for k, v in kwargs.items()}))
+        return hidden[:, 0]
 
     # ------------------------------------------------------------------ generation
     @torch.inference_mode()
@@ -362,6 +498,33 @@ def sample_from_logits(logits_BV: Tensor, generator: torch.Generator, block: int
     last_live_B1 = (live_BK * torch.arange(1, block + 1, device=p_BV.device)).amax(-1, keepdim=True) - 1
     pos_B1 = torch.minimum(pos_B1, last_live_B1)
     return (blk_B1 * block + pos_B1).clamp(max=V - 1)
+
+
+def _cache_kwarg(model: nn.Module) -> str:
+    """The name the model's forward takes its KV cache under (``cache`` in recent transformers)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _swap(value: Any, old: Any, new: Any) -> Any:
+    """``value`` with the object ``old`` replaced by ``new`` inside tuples, lists and dicts."""
+    if value is old:
+        return new
+    if isinstance(value, tuple | list):
+        return type(value)(_swap(v, old, new) for v in value)
+    if isinstance(value, dict):
+        return {k: _swap(v, old, new) for k, v in value.items()}
+    return value
+
+
+def _find(value: Any, kind: type) -> list[Any]:
+    """Every instance of ``kind`` inside nested tuples, lists and dicts."""
+    if isinstance(value, kind):
+        return [value]
+    if isinstance(value, tuple | list):
+        return [found for v in value for found in _find(v, kind)]
+    if isinstance(value, dict):
+        return [found for v in value.values() for found in _find(v, kind)]
+    return []
 
 
 def _mask(mask: Tensor | None, device: torch.device) -> Tensor | None:

@@ -9,9 +9,12 @@ from typing import Any
 
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
+from pydantic import ValidationError
 
 from saeval.errors import SaevalError
-from saeval.results import load_results
+from saeval.io import write_text_atomic
+from saeval.results import read_result
+from saeval.studies.base import STUDY_FOLDER
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
@@ -66,37 +69,91 @@ def core_section(records: list[dict[str, Any]]) -> str:
     return figure_html(fig)
 
 
-def build_report(out_dir: Path, path: Path | None = None) -> Path:
-    from saeval.evals.base import EVALS, get_eval
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        return read_result(path)
+    except SaevalError:
+        return None
 
-    records = load_results(out_dir)
-    if not records:
-        raise SaevalError(f"no result files (<sae>/<eval>.json) under {out_dir}: run `saeval run` first")
+
+def eval_records(out_dir: Path, notes: list[str]) -> list[dict[str, Any]]:
+    """Every eval result under ``out_dir`` (``<sae>/<eval>.json``), read through its eval's result model when
+    the eval is registered; a file that does not read is left out with a note."""
+    import saeval.evals  # noqa: F401  (registers the built-in evals)
+    from saeval.evals.base import EVALS
+
+    records = []
+    for path in sorted(Path(out_dir).glob("*/*.json")):
+        if path.parent.name == STUDY_FOLDER:
+            continue
+        rec = _read(path)
+        if rec is None or "eval" not in rec:
+            notes.append(f"{path}: not a result file")
+            continue
+        spec = EVALS.get(rec["eval"])
+        if spec is not None:
+            try:
+                rec = spec.result_cls.model_validate(rec).model_dump(mode="json")
+            except ValidationError:
+                notes.append(f"{path}: does not match the {spec.name} result format (rerun it with --force)")
+                continue
+        records.append(rec)
+    return records
+
+
+def study_sections(out_dir: Path, notes: list[str]) -> list[tuple[str, str]]:
+    """(study name, HTML section) of every ``OUT/studies/<study>.json``, rendered by the study's report."""
+    from saeval.studies import STUDIES
+
+    sections = []
+    for path in sorted((Path(out_dir) / STUDY_FOLDER).glob("*.json")):
+        spec = STUDIES.get(path.stem)
+        rec = _read(path)
+        if spec is None or rec is None:
+            notes.append(f"{path}: not the result of a registered study")
+            continue
+        try:
+            result = spec.result_cls.model_validate(rec)
+        except ValidationError:
+            notes.append(f"{path}: does not match the {spec.name} result format (rerun it with --force)")
+            continue
+        render = spec.report_fn()
+        if render is not None:
+            sections.append((spec.name, render(result)))
+    return sections
+
+
+def build_report(out_dir: Path, path: Path | None = None) -> Path:
+    from saeval.evals.base import EVALS
+
+    notes: list[str] = []
+    records = eval_records(out_dir, notes)
+    studies = study_sections(out_dir, notes)
+    if not records and not studies:
+        raise SaevalError(f"no result files (<sae>/<eval>.json or studies/<study>.json) under {out_dir}: "
+                          "run `saeval run` first")
     by_eval: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for rec in records:
         by_eval[rec["eval"]].append(rec)
-    get_eval("core")  # make sure every built-in eval is registered
     sections = []
     for name, recs in by_eval.items():
         meta = recs[0]
-        intro = (f"<p class='note'>{html.escape(EVALS[name].description if name in EVALS else '')} — model "
+        spec = EVALS.get(name)
+        intro = (f"<p class='note'>{html.escape(spec.description if spec else '')} — model "
                  f"{fmt(meta.get('model'))}, preset <b>{fmt(meta.get('preset'))}</b>; config: "
                  f"{html.escape(str(meta.get('config')))}</p>")
         parts = [f"<h2 id='{name}'>{html.escape(name)}</h2>", intro, metrics_table(recs)]
-        if name == "core":
+        render = spec.report_fn() if spec else None
+        if render is not None:
+            parts.append(render(recs))
+        elif name == "core":
             parts.append(core_section(recs))
-        elif name in EVALS and EVALS[name].report is not None:
-            parts.append(EVALS[name].report(recs))  # type: ignore[misc]
         sections.append("\n".join(parts))
-    for extra in sorted(Path(out_dir).glob("*.section.html")):
-        sections.append(extra.read_text())  # sections written by pairwise studies (e.g. the case study)
-    nav = " · ".join(f"<a href='#{n}'>{n}</a>" for n in by_eval)
+    sections += [section for _, section in studies]
+    nav = " · ".join(f"<a href='#{n}'>{n}</a>" for n in [*by_eval, *(name for name, _ in studies)])
+    skipped = "".join(f"<p class='note'>skipped {html.escape(n)}</p>" for n in notes)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>saeval report</title>"
             f"<style>{STYLE}</style><script>{get_plotlyjs()}</script></head><body>"
             f"<h1>saeval report</h1><p class='note'>{html.escape(str(out_dir))} — {len(records)} results. {nav}</p>"
-            + "\n".join(sections) + "</body></html>")
-    path = path or Path(out_dir) / "report.html"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(page)
-    tmp.replace(path)
-    return path
+            + skipped + "\n".join(sections) + "</body></html>")
+    return write_text_atomic(path or Path(out_dir) / "report.html", page)

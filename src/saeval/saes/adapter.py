@@ -17,7 +17,9 @@ from torch import Tensor, nn
 
 from saeval.errors import SaevalError
 from saeval.saes.base import SAE, SAEConfig
-from saeval.saes.formats import DL_CLASSES, from_dictionary_learning, from_saelens_dict, from_sparsify
+from saeval.saes.formats.dictionary_learning import DL_CLASSES, from_dictionary_learning
+from saeval.saes.formats.saelens import from_saelens_dict
+from saeval.saes.formats.sparsify import from_sparsify
 
 _WEIGHTS = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "log_threshold", "b_gate", "r_mag", "b_mag")
 

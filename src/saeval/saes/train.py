@@ -9,29 +9,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Literal
 
 import torch
-from pydantic import BaseModel
 from torch import Tensor
 
 from saeval.errors import SaevalError
 from saeval.progress import progress_bar
 from saeval.saes.base import SAE, SAEConfig, create_sae
+from saeval.saes.train_config import TrainConfig
 
-
-class TrainConfig(BaseModel):
-    architecture: Literal["topk", "relu"] = "topk"
-    d_sae: int = 4608
-    k: int = 32
-    l1_coeff: float = 5.0
-    lr: float | None = None  # default 2e-4 / sqrt(d_sae / 16384), as in sparsify
-    batch_size: int = 1024
-    epochs: int = 2
-    aux_k: int | None = None  # default d_in // 2
-    aux_coeff: float = 1 / 32
-    dead_tokens: int = 100_000
-    seed: int = 0
+__all__ = ["TrainConfig", "train_sae", "fold_act_scale"]
 
 
 def _normalise_rows_(W_dec: Tensor) -> None:

@@ -1,0 +1,201 @@
+"""Targets for the synthetic-activations eval (Giglemiani et al. 2024; shared spec methods.md section D).
+
+Latent log-densities (one corpus pass, or the core eval's), the Gaussian fitted to real activations, and the
+two synthetic constructions built from a base activation's active latents: the "bag of latents" baseline and
+the cosine-structured variant.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from saeval.data.activations import stream_activations
+from saeval.data.corpora import load_contexts
+from saeval.errors import SaevalError
+from saeval.progress import track
+
+# Keep corpus activations in the per-run memo (shared by every SAE at the hook) only below this many floats.
+MEMO_MAX_FLOATS = 64_000_000
+
+
+@dataclass
+class LatentDensity:
+    log10_F: np.ndarray  # log10 firing frequency; -inf where the latent never fired
+    live_F: np.ndarray  # bool: log10 density above the dead threshold
+    source: str  # "core" (reused) or "corpus pass"
+    n_tokens: int
+
+    @property
+    def n_live(self) -> int:
+        return int(self.live_F.sum())
+
+    def reference_log10(self) -> np.ndarray:
+        """log10 densities with never-seen latents put just below the resolution of the pass (half a firing),
+        so that a base latent unseen in the density pass still has a density to match against."""
+        floor = math.log10(0.5 / max(self.n_tokens, 1))
+        return np.where(np.isfinite(self.log10_F), self.log10_F, floor)
+
+
+def latent_density(ctx, sae, hook: str, n_tokens: int, ctx_len: int, batch_size: int,
+                   dead_log10: float) -> LatentDensity:
+    """Per-latent firing frequency (encode > 0): the core eval's when this run has it for this SAE
+    (``ctx.requirement``), else one corpus pass (its activations kept in the run's memo for the next SAE at the
+    same hook when small)."""
+    core = ctx.requirement(sae, "core")
+    density = None
+    if core is not None and len(core.details.latent_density) == sae.d_sae:
+        density = torch.tensor(core.details.latent_density, dtype=torch.float64)
+        n_seen = int(core.details.n_density_tokens)
+        source = "core"
+    if density is None:
+        counts, n_seen = _count_firings(ctx, sae, hook, n_tokens, ctx_len, batch_size)
+        density = counts / max(n_seen, 1)
+        source = "corpus pass"
+    with np.errstate(divide="ignore"):
+        log10 = np.log10(density.numpy())
+    return LatentDensity(log10, log10 > dead_log10, source, n_seen)
+
+
+@torch.inference_mode()
+def _count_firings(ctx, sae, hook: str, n_tokens: int, ctx_len: int, batch_size: int) -> tuple[Tensor, int]:
+    host = ctx.host
+    key = ("synthetic-density-acts", host.name, hook, ctx.corpus, n_tokens, ctx_len, ctx.seed)
+    counts = torch.zeros(sae.d_sae, dtype=torch.float64)
+    n_seen = 0
+    cached = ctx.memo.get(key)
+    if cached is None:
+        contexts = load_contexts(host, ctx.corpus, n_tokens, ctx_len, ctx.seed)
+        keep = len(contexts) * ctx_len * host.d_model <= MEMO_MAX_FLOATS
+        batches = []
+        n_batches = -(-len(contexts) // batch_size)
+        for batch in track(stream_activations(host, hook, contexts, batch_size),
+                           f"synthetic {sae.name}: latent density", total=n_batches):
+            acts = batch.flat()
+            batches.append(acts) if keep else None
+            f = sae.encode(acts.to(sae.W_enc.device))
+            counts += (f > 0).sum(0).double().cpu()
+            n_seen += len(f)
+        if keep:
+            ctx.memo[key] = batches
+        return counts, n_seen
+    for acts in cached:
+        f = sae.encode(acts.to(sae.W_enc.device))
+        counts += (f > 0).sum(0).double().cpu()
+        n_seen += len(f)
+    return counts, n_seen
+
+
+def check_live(density: LatentDensity, sae_name: str, needed: int) -> None:
+    if density.n_live < needed:
+        raise SaevalError(
+            f"SAE {sae_name} has only {density.n_live} live latents (log10 density above the dead threshold "
+            f"over {density.n_tokens} tokens, source: {density.source}); the synthetic targets need at least "
+            f"{needed}: use an SAE with more live latents or raise n_density_tokens"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- Gaussian
+@dataclass
+class GaussianFit:
+    mean_D: Tensor
+    factor_DD: Tensor  # x = mean + z @ factor.T with z ~ N(0, I) has the fitted covariance
+    warning: str | None = None
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        z = torch.randn(n, self.mean_D.shape[0], generator=generator, dtype=torch.float64)
+        return (self.mean_D + z @ self.factor_DD.T).float()
+
+
+def fit_gaussian(acts_ND: Tensor, eps_rel: float = 1e-6) -> GaussianFit:
+    """Mean and full covariance (divided by N, as the source does) of real activations.
+
+    A singular covariance (fewer samples than dimensions, or exactly collinear directions) has no Cholesky
+    factor: its eigenvalues are floored at ``eps_rel`` x their mean, and a warning says so."""
+    x = acts_ND.double()
+    n, d = x.shape
+    if n < 2:
+        raise SaevalError(f"the Gaussian target needs at least 2 real activations, got {n}: raise n_fit")
+    mean = x.mean(0)
+    cov = (x - mean).T @ (x - mean) / n
+    if n > d:
+        factor, info = torch.linalg.cholesky_ex(cov)
+        if int(info) == 0:
+            return GaussianFit(mean, factor)
+    eigvals, eigvecs = torch.linalg.eigh(cov)
+    floor = eps_rel * float(eigvals.clamp_min(0).mean())
+    rank = int((eigvals > floor).sum())
+    factor = eigvecs * eigvals.clamp_min(floor).sqrt()
+    warning = (f"covariance of {n} activations in {d} dimensions is singular (numerical rank {rank}): "
+               f"eigenvalues floored at {floor:.3g} ({eps_rel:g} x their mean); raise n_fit above {d} "
+               "for a full-rank random target")
+    return GaussianFit(mean, factor, warning)
+
+
+# ---------------------------------------------------------------------------------------------- synthetic
+def _nearest_available(values_F: np.ndarray, reference: float, available_F: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` available latents whose value is closest to ``reference`` (ties by index)."""
+    idx = np.flatnonzero(available_F)
+    if len(idx) == 0:
+        raise SaevalError("ran out of unused live latents while building a synthetic activation: use a wider "
+                          "SAE")
+    dist = np.abs(values_F[idx] - reference)
+    k = min(k, len(idx))
+    part = np.argpartition(dist, k - 1)[:k] if k < len(idx) else np.arange(len(idx))
+    order = np.lexsort((idx[part], dist[part]))
+    return idx[part][order]
+
+
+def active_order(f_F: np.ndarray) -> np.ndarray:
+    """Active latents (value > 0), largest first: larger latents pick their replacements first."""
+    active = np.flatnonzero(f_F > 0)
+    return active[np.lexsort((active, -f_F[active]))]
+
+
+def baseline_latents(f_F: np.ndarray, log10_F: np.ndarray, live_F: np.ndarray, pool: int,
+                     rng: np.random.Generator) -> np.ndarray:
+    """Bag of latents: each active latent is replaced by one drawn uniformly from the ``pool`` unused live
+    latents closest to it in log-density, carrying the same value."""
+    out = np.zeros_like(f_F)
+    active = active_order(f_F)
+    available = live_F.copy()
+    available[active] = False
+    for a in active:
+        candidates = _nearest_available(log10_F, log10_F[a], available, pool)
+        choice = candidates[rng.integers(len(candidates))]
+        out[choice] = f_F[a]
+        available[choice] = False
+    return out
+
+
+def structured_latents(f_F: np.ndarray, log10_F: np.ndarray, live_F: np.ndarray, W_unit_FD: Tensor, pool: int,
+                       anchor_cos: float) -> tuple[np.ndarray, int]:
+    """Cosine-structured: the top latent t is replaced by an anchor c, the unused live latent among the
+    ``pool`` nearest to t in log-density whose decoder cosine to t is closest to ``anchor_cos``; every other
+    active latent f is replaced by the unused live latent whose cosine to c is closest to cos(t, f). Values
+    are kept. Returns the new latent vector and the anchor."""
+    out = np.zeros_like(f_F)
+    active = active_order(f_F)
+    top = int(active[0])
+    available = live_F.copy()
+    available[active] = False
+    candidates = _nearest_available(log10_F, log10_F[top], available, pool)
+    cos_t_F = (W_unit_FD @ W_unit_FD[top]).double().cpu().numpy()
+    anchor = int(_nearest_available(cos_t_F, anchor_cos, np.isin(np.arange(len(f_F)), candidates), 1)[0])
+    out[anchor] = f_F[top]
+    available[anchor] = False
+    cos_c_F = (W_unit_FD @ W_unit_FD[anchor]).double().cpu().numpy()
+    for a in active[1:]:
+        choice = int(_nearest_available(cos_c_F, cos_t_F[a], available, 1)[0])
+        out[choice] = f_F[a]
+        available[choice] = False
+    return out, anchor
+
+
+def unit_decoder(sae) -> Tensor:
+    return F.normalize(sae.W_dec.detach().float(), dim=-1)

@@ -1,0 +1,16 @@
+"""Core reconstruction metrics (SAEBench core eval): registered here, run by ``saeval.evals.core.run``."""
+
+from saeval.evals.base import EvalSpec, register_eval
+from saeval.evals.core.config import CoreConfig, CoreDetails, CoreMetrics, CoreResult
+
+SPEC = register_eval(EvalSpec(
+    name="core",
+    config_cls=CoreConfig,
+    result_cls=CoreResult,
+    run="saeval.evals.core.run:run",
+    description="reconstruction (MSE, explained variance, cossim), CE/KL scores, sparsity, weight cosines",
+    presets={"demo": {"n_eval_tokens": 8192, "n_density_tokens": 32768},
+             "tiny": {"n_eval_tokens": 512, "n_density_tokens": 1024, "ctx_len": 32}},
+))
+
+__all__ = ["SPEC", "CoreConfig", "CoreDetails", "CoreMetrics", "CoreResult"]

@@ -1,0 +1,68 @@
+"""Core eval config and result types (SAEBench core metric names). No torch here: the CLI validates configs
+before any model loads."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from saeval.evals.base import EvalConfig
+from saeval.results import EvalResult
+
+
+class CoreConfig(EvalConfig):
+    # SAEBench paper settings: ctx 128, 409,600 reconstruction tokens, ~4.1M density tokens.
+    n_eval_tokens: int = Field(409_600, gt=0, description="tokens for reconstruction and CE/KL (SAEBench: 409,600)")
+    n_density_tokens: int = Field(4_096_000, gt=0, description="tokens for latent densities, the reconstruction "
+                                  "tokens included (SAEBench: ~4.1M)")
+    ctx_len: int = Field(128, ge=2, description="tokens per context, BOS included (SAEBench: 128)")
+    batch_size: int = Field(8, gt=0, description="contexts per forward pass")
+    compute_ce: bool = Field(True, description="also run the spliced and zero-ablated models for CE/KL scores")
+    weight_chunk: int = Field(4096, gt=0, description="decoder rows per chunk of the weight-cosine pass")
+
+
+class CoreMetrics(BaseModel):
+    l0: float | None = Field(description="mean number of active latents per token")
+    l1: float | None = Field(description="mean sum of latent activations per token")
+    mse: float | None = Field(description="mean squared reconstruction error per token (summed over dimensions)")
+    explained_variance: float | None = Field(description="1 - E||x - xhat||^2 / total variance of x")
+    explained_variance_legacy: float | None = Field(description="per-token explained variance against the batch mean, "
+                                             "averaged (SAEBench paper, Neuronpedia)")
+    cossim: float | None = Field(description="mean cosine between x and its reconstruction")
+    l2_norm_in: float | None = Field(description="mean L2 norm of x")
+    l2_norm_out: float | None = Field(description="mean L2 norm of the reconstruction")
+    l2_ratio: float | None = Field(description="mean ||xhat|| / ||x|| (shrinkage below 1)")
+    relative_reconstruction_bias: float | None = Field(description="E||xhat||^2 / E<x, xhat> (1 without shrinkage)")
+    ce_loss_score: float | None = Field(None, description="(CE zero-ablated - CE with SAE) / (CE zero-ablated - "
+                                        "CE clean); 1 = lossless")
+    ce_loss_without_sae: float | None = Field(None, description="next-token CE of the clean model")
+    ce_loss_with_sae: float | None = Field(None, description="next-token CE with the reconstruction spliced in")
+    ce_loss_with_ablation: float | None = Field(None, description="next-token CE with the hook zero-ablated")
+    kl_div_score: float | None = Field(None, description="(KL zero-ablated - KL with SAE) / KL zero-ablated; "
+                                       "1 = lossless")
+    kl_div_with_sae: float | None = Field(None, description="KL(clean || with SAE) of the next-token distribution")
+    kl_div_with_ablation: float | None = Field(None, description="KL(clean || zero-ablated) of the next-token "
+                                               "distribution")
+    frac_alive: float | None = Field(description="fraction of latents that fired on the density tokens")
+    freq_over_1_percent: float | None = Field(description="fraction of latents firing on more than 1% of tokens")
+    freq_over_10_percent: float | None = Field(description="fraction of latents firing on more than 10% of tokens")
+    average_max_decoder_cosine_sim: float | None = Field(
+        description="mean over latents of the max cosine of its decoder "
+                                                  "row to any other")
+    average_max_encoder_cosine_sim: float | None = Field(
+        description="mean over latents of the max cosine of its encoder "
+                                                  "column to any other")
+    average_encoder_decoder_cosine_sim: float | None = Field(description="mean cosine of each latent's encoder column "
+                                                      "and decoder row")
+
+
+class CoreDetails(BaseModel):
+    n_eval_tokens: int = Field(description="ordinary tokens the reconstruction metrics saw")
+    n_density_tokens: int = Field(description="ordinary tokens the latent densities saw")
+    latent_density: list[float] = Field(description="per latent: fraction of density tokens where it fired")
+    log10_density_histogram: dict[str, list[float]] = Field(description="counts and edges of the log10 density "
+                                                            "histogram of live latents")
+    max_decoder_cosine: list[float] = Field(description="per latent: max cosine of its decoder row to any other")
+
+
+class CoreResult(EvalResult[CoreConfig, CoreMetrics, CoreDetails]):
+    pass

@@ -1,0 +1,24 @@
+"""Embedding score of latent explanations (Paulo et al. 2024, delphi); see score.py for the method."""
+
+from saeval.evals.base import EvalSpec, register_eval
+from saeval.evals.embedding_score.config import EmbeddingConfig, EmbeddingResult, requires
+from saeval.evals.self_explanation.config import DEMO_EXPLAIN, TINY_EXPLAIN
+
+SPEC = register_eval(
+    EvalSpec(
+        name="embedding_score",
+        config_cls=EmbeddingConfig,
+        result_cls=EmbeddingResult,
+        run="saeval.evals.embedding_score.run:run",
+        description="embedding score (delphi): AUROC of query-window cosine, activating (by quantile, "
+        "disjoint from the explaining windows) vs random non-activating windows",
+        presets={
+            "demo": {"n_latents": 6, "n_tokens": 16_384, "reservoir": 200, "n_pool": 400, "n_test": 20,
+                     "n_random": 20, "explain": DEMO_EXPLAIN},
+            "tiny": {"n_latents": 3, "n_tokens": 2048, "ctx_len": 65, "window": 16, "reservoir": 40, "n_pool": 60,
+                     "n_test": 10, "n_random": 10, "n_quantiles": 5, "explain": TINY_EXPLAIN},
+        },
+        report="saeval.evals.embedding_score.report:report",
+        requires=requires,
+    )
+)

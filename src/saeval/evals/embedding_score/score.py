@@ -1,0 +1,174 @@
+"""Embedding score of latent explanations (Paulo et al., arXiv 2410.13928; delphi scorers/embedding).
+
+The explanation, prefixed with delphi's query instruction, is embedded by a sentence-embedding model together
+with activating windows of the latent and random non-activating windows; the cosine similarity to the query
+ranks the windows and the score is the AUROC of activating vs non-activating.
+
+Activating windows are drawn by quantile as in delphi's sampler (sorted by max activation, equal-count bins,
+the same number from each) from a uniform reservoir of the latent's activating windows, EXCLUDING every window
+used to explain it (delphi's default draws its explaining and scoring sets from the same list, so about a
+quarter of the explaining windows reappear in the test set). Non-activating windows are random windows where
+the latent is zero throughout. Offline the model is all-MiniLM-L6-v2 (the paper used stella_en_400M_v5).
+
+Explanations come from self-explanation (evals/self_explanation) or from an explainer chat model shown the latent's top
+windows with its active tokens marked (saeval.llm: the local instruct host or an OpenAI-compatible endpoint).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from sklearn.metrics import roc_auc_score
+
+from saeval.analysis.windows import ActExample, WindowsResult
+from saeval.errors import SaevalError
+from saeval.evals.embedding_score.config import EmbeddingConfig, LatentScore
+from saeval.llm import chat_model
+
+QUERY_PREFIX = (
+    "Instruct: Retrieve sentences that could be related to the explanation.\nQuery:"  # no space: as delphi
+)
+MINILM_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "minilm")
+EXPLAINER_PROMPT = (
+    "We are studying a feature of a language model. It activates on the tokens marked <<like this>> in the "
+    "text excerpts below. Summarise in one short sentence what the feature responds to. Do not list the "
+    "examples.\n\n"
+    "{examples}\n\nThe feature responds to"
+)
+
+_MODELS: dict[str, Any] = {}
+
+
+def load_embedding_model(name: str):
+    """A SentenceTransformer on CPU: MiniLM from its offline package, else a hub name or local folder."""
+    if name not in _MODELS:
+        from sentence_transformers import SentenceTransformer
+
+        if name in MINILM_NAMES:
+            from saeval.assets import minilm_path
+
+            path = str(minilm_path())
+        else:
+            path = name
+        try:
+            _MODELS[name] = SentenceTransformer(path, device="cpu")
+        except (OSError, ValueError) as err:
+            raise SaevalError(
+                f"cannot load sentence-embedding model {name!r} ({str(err).splitlines()[0]}): give a "
+                "local SentenceTransformer folder, a hub name with network access, or all-MiniLM-L6-v2"
+            ) from err
+    return _MODELS[name]
+
+
+def quantile_sample(
+    windows: Sequence[tuple[int, float]], n_quantiles: int, n_samples: int, rng: random.Random
+) -> list[int]:
+    """delphi's split_quantiles: sort by activation (desc), cut into equal-count bins, draw n/q from each."""
+    ordered = sorted(windows, key=lambda w: (-w[1], w[0]))
+    size = len(ordered) // n_quantiles
+    per = n_samples // n_quantiles
+    picked: list[int] = []
+    if size == 0:  # fewer windows than bins: use them all
+        return [w for w, _ in ordered][:n_samples]
+    for q in range(n_quantiles):
+        bin_ = [w for w, _ in ordered[q * size : (q + 1) * size]]
+        picked += bin_ if len(bin_) <= per else rng.sample(bin_, per)
+    return picked
+
+
+def marked_text(example: ActExample) -> str:
+    return "".join(f"<<{t}>>" if a > 0 else t for t, a in zip(example.texts, example.acts, strict=True))
+
+
+def explaining_windows(windows: WindowsResult, latents: Sequence[int], n_windows: int = 10) -> dict[int, set[int]]:
+    """The windows ``explain_with_llm`` shows for each latent: its top ``n_windows`` by max activation."""
+    return {f: {windows.window_id(ex) for ex in windows.latents[f].max[:n_windows]} for f in latents}
+
+
+def explain_with_llm(
+    windows: WindowsResult,
+    latents: Sequence[int],
+    spec: str,
+    host=None,
+    n_windows: int = 10,
+    max_new_tokens: int = 48,
+) -> dict[int, str]:
+    """One explanation per latent from a chat model shown its top windows (active tokens marked)."""
+    model = chat_model(spec, host)
+    prompts = []
+    for f in latents:
+        shown = windows.latents[f].max[:n_windows]
+        examples = "\n".join(f"Excerpt {i + 1}: {marked_text(ex)}" for i, ex in enumerate(shown))
+        prompts.append(EXPLAINER_PROMPT.format(examples=examples))
+    replies = model.complete(prompts, max_new_tokens=max_new_tokens, temperature=0.0)
+    return {f: r.strip().split("\n")[0].strip() for f, r in zip(latents, replies, strict=True)}
+
+
+def embedding_scores(
+    windows: WindowsResult,
+    explanations: dict[int, str],
+    tokenizer,
+    model,
+    config: EmbeddingConfig,
+    seed: int = 0,
+    explained: dict[int, set[int]] | None = None,
+) -> dict[int, LatentScore]:
+    """AUROC per latent; windows are embedded once even when several latents use them.
+
+    ``explained``: per latent, the windows its explainer saw (excluded from scoring). Self-explanation sees
+    no window, so nothing is excluded then; an explainer LLM sees ``explaining_windows``."""
+    rng = random.Random(seed)
+    plan: dict[int, tuple[list[int], list[int], str]] = {}
+    for f, explanation in explanations.items():
+        lw = windows.latents.get(f)
+        if lw is None:
+            raise SaevalError(f"latent {f} was not in the windows pass: include it in the latents scanned")
+        if not lw.fired:
+            plan[f] = ([], [], "latent never fired on the scanned corpus")
+            continue
+        shown = (explained or {}).get(f, set())
+        held_out = [(w, m) for w, m in windows.reservoir.get(f, []) if w not in shown]
+        act = quantile_sample(held_out, config.n_quantiles, config.n_test, rng)
+        zero = [w for w, m in zip(windows.pool_ids, windows.pool_max.get(f, []), strict=True) if m == 0]
+        non = rng.sample(zero, min(config.n_random, len(zero)))
+        note = (
+            "empty explanation"
+            if not explanation
+            else "no held-out activating window"
+            if not act
+            else "no non-activating window"
+            if not non
+            else ""
+        )
+        plan[f] = (act, non, note)
+    needed = sorted({w for a, n, _ in plan.values() for w in a + n})
+    texts = [tokenizer.decode(windows.window_tokens(w)) for w in needed]
+    emb = (
+        model.encode(texts, normalize_embeddings=True, convert_to_tensor=True) if texts else torch.zeros(0, 1)
+    )
+    row = {w: i for i, w in enumerate(needed)}
+    queries = [QUERY_PREFIX + explanations[f] for f in plan]
+    q_emb = model.encode(queries, normalize_embeddings=True, convert_to_tensor=True) if queries else None
+    out: dict[int, LatentScore] = {}
+    for qi, (f, (act, non, note)) in enumerate(plan.items()):
+        sims_a = [float(emb[row[w]] @ q_emb[qi]) for w in act] if q_emb is not None else []
+        sims_n = [float(emb[row[w]] @ q_emb[qi]) for w in non] if q_emb is not None else []
+        auroc = None
+        if sims_a and sims_n and not note:
+            auroc = float(roc_auc_score([1] * len(sims_a) + [0] * len(sims_n), sims_a + sims_n))
+        out[f] = LatentScore(
+            latent=f,
+            explanation=explanations[f],
+            auroc=auroc,
+            n_activating=len(act),
+            n_non_activating=len(non),
+            note=note,
+            activating_windows=act,
+            non_activating_windows=non,
+            activating_similarity=sims_a,
+            non_activating_similarity=sims_n,
+        )
+    return out

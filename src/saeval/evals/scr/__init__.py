@@ -1,0 +1,25 @@
+"""Spurious Correlation Removal (SAEBench scr_and_tpp with perform_scr=True)."""
+
+from saeval.evals.base import EvalSpec, register_eval
+from saeval.evals.scr.config import PairConfig, SCRConfig, SCRDetails, SCRMetrics, SCRResult, preflight
+
+SCR_PRESETS = {
+    "demo": {"datasets": ["wordnet-pos"], "pairs": {"wordnet-pos": [("cognition", "body")]},
+             "train_set_size": 320, "test_set_size": 160, "ctx_len": 32, "sink_ratio": 10.0},
+    "tiny": {"datasets": ["sotu"], "train_set_size": 40, "test_set_size": 20, "ctx_len": 16,
+             "n_values": [2, 5, 10], "probe": {"epochs": 3}},
+}
+
+SPEC = register_eval(EvalSpec(
+    name="scr",
+    config_cls=SCRConfig,
+    result_cls=SCRResult,
+    run="saeval.evals.scr.run:run",
+    description="Spurious Correlation Removal: ablate latents of one attribute, recover a biased probe's "
+                "accuracy on the other (SAEBench SCR)",
+    presets=SCR_PRESETS,
+    report="saeval.evals.scr.report:report",
+    preflight=preflight,
+))
+
+__all__ = ["SCR_PRESETS", "SPEC", "PairConfig", "SCRConfig", "SCRDetails", "SCRMetrics", "SCRResult"]

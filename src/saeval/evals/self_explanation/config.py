@@ -1,0 +1,117 @@
+"""Self-explanation's config and result types (torch-free: validated before any model loads)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, NonNegativeInt, model_validator
+
+from saeval.evals.base import EvalConfig
+from saeval.results import EvalResult
+
+TEMPLATES: dict[str, tuple[str, str]] = {
+    # (user message, start of the assistant's reply); the reply is continued by the model.
+    "repeat": ('Repeat "X" four times exactly as it is written.', '1. "X"\n2. "X"\n3. "X"\n4. "'),
+    "meaning": ('What is the meaning of the word "X"?', 'The meaning of the word "X" is "'),
+}
+PLACEHOLDER = "X"
+
+
+class SelfExplanationConfig(EvalConfig):
+    template: Literal["repeat", "meaning"] = Field(
+        "repeat", description="chat prompt whose placeholder X holds the latent's direction")
+    rep_hook: str = Field("blocks.2.hook_resid_pre",
+                          description="residual hook where X is replaced (the paper's REP_LAYER 2)")
+    probe_hook: str | None = Field(
+        None, description="hook read for self-similarity; default resid_pre of block round(16/18 * n_layers)")
+    min_scale: float = Field(0.0, ge=0, description="smallest injection scale of the sweep")
+    max_scale: float = Field(200.0, gt=0, description="largest injection scale of the sweep")
+    n_search_scales: int = Field(64, gt=0, description="scales of the self-similarity / entropy sweep")
+    n_generation_scales: int = Field(32, gt=0, description="scales at which explanations are generated")
+    generation_scales: Literal["grid", "best"] = Field(
+        "grid", description="grid: linspace(min, max) as in the paper; best: the best-ranked search scales")
+    generations_per_scale: int = Field(1, gt=0, description="sampled explanations per generation scale")
+    max_new_tokens: int = Field(64, gt=0, description="tokens generated per explanation")
+    temperature: float = Field(1.0, ge=0, description="sampling temperature of the generations (0: greedy)")
+    selfsim_threshold: float = Field(
+        0.01, description="a latent whose self-similarity never exceeds this is flagged as failed")
+    alpha: float = Field(0.4, ge=0, le=1,
+                         description="weight of self-similarity against cross-entropy when ranking generations")
+    n_best: int = Field(3, gt=0, description="explanations kept per latent, best first")
+    batch_size: int = Field(32, gt=0, description="sequences per forward (sweep) or generation batch")
+    latents: list[NonNegativeInt] | None = Field(
+        None, description="latents to explain; None: n_latents at random among live ones (core densities)")
+    n_latents: int = Field(32, gt=0, description="latents drawn at random when latents is None")
+
+    @model_validator(mode="after")
+    def _scale_range(self) -> SelfExplanationConfig:
+        if self.max_scale <= self.min_scale:
+            raise ValueError(f"max_scale ({self.max_scale}) must exceed min_scale ({self.min_scale})")
+        return self
+
+
+class ScaleSweep(BaseModel):
+    scales: list[float] = Field(description="the search scales")
+    selfsim: list[float] = Field(description="self-similarity at each scale, minus its value at scale 0")
+    entropy: list[float] = Field(description="next-token entropy at each scale, minus its value at scale 0")
+    crossent: list[float] = Field(description="cross-entropy against the mean-embedding baseline at each scale")
+    chosen_scale: float | None = Field(description="the scale of maximal self-similarity")
+    max_selfsim: float | None = Field(description="self-similarity at the chosen scale")
+    entropy_at_chosen: float | None = Field(description="entropy difference at the chosen scale")
+    failed: bool = Field(description="self-similarity never exceeded selfsim_threshold")
+
+
+class Generation(BaseModel):
+    scale: float | None
+    text: str = Field(description="the completion")
+    explanation: str = Field(description="the completion up to its closing quote or line end")
+    metric: float | None = Field(description="ranking metric at the scale (higher is better)")
+
+
+class SelfExplanation(BaseModel):
+    latent: int
+    sweep: ScaleSweep
+    generations: list[Generation]
+    best: list[str] = Field(description="the n_best distinct explanations, best first")
+
+    @property
+    def explanation(self) -> str:
+        return self.best[0] if self.best else ""
+
+
+class SelfExplanationMetrics(BaseModel):
+    n_latents: int = Field(description="latents explained")
+    frac_failed: float | None = Field(
+        description="fraction of latents whose self-similarity never passed the threshold")
+    mean_max_selfsim: float | None = Field(description="mean over latents of the maximal self-similarity")
+    mean_chosen_scale: float | None = Field(description="mean over latents of the scale of maximal self-similarity")
+    mean_entropy_at_chosen: float | None = Field(description="mean entropy difference at the chosen scale")
+    frac_with_explanation: float | None = Field(
+        description="fraction of latents with at least one non-empty explanation")
+
+
+class SelfExplanationDetails(BaseModel):
+    latents: list[int]
+    probe_hook: str
+    prompt: str
+    explanations: list[SelfExplanation]
+
+
+class SelfExplanationResult(EvalResult[SelfExplanationConfig, SelfExplanationMetrics, SelfExplanationDetails]):
+    pass
+
+
+# Preset sizes shared with the embedding_score eval, so that one run computes each explanation once (memo).
+DEMO_EXPLAIN = {"n_search_scales": 12, "n_generation_scales": 3, "generation_scales": "best", "max_new_tokens": 12}
+TINY_EXPLAIN = {
+    "n_search_scales": 4,
+    "n_generation_scales": 2,
+    "max_new_tokens": 6,
+    "rep_hook": "blocks.1.hook_resid_pre",
+    "probe_hook": "blocks.3.hook_resid_pre",
+}
+
+
+def requires(config: SelfExplanationConfig) -> tuple[str, ...]:
+    """Core's densities pick live latents; given latents need nothing."""
+    return () if config.latents is not None else ("core",)

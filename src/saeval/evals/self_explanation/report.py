@@ -1,0 +1,35 @@
+"""Self-explanation's report section: self-similarity against scale, and each latent's explanations."""
+
+from __future__ import annotations
+
+import html
+
+
+def report(records: list[dict]) -> str:
+    import plotly.graph_objects as go
+
+    from saeval.report.html import figure_html
+
+    parts = []
+    for rec in records:
+        fig = go.Figure()
+        rows = []
+        for e in rec["details"]["explanations"][:12]:
+            sw = e["sweep"]
+            fig.add_trace(go.Scatter(x=sw["scales"], y=sw["selfsim"], mode="lines", name=f"latent {e['latent']}"))
+            rows.append(
+                f"<tr><td>{e['latent']}</td><td>{sw['chosen_scale']:.1f}</td><td>{sw['max_selfsim']:.3f}"
+                f"</td><td>{'yes' if sw['failed'] else ''}</td>"
+                f"<td style='text-align:left'>{html.escape(' | '.join(e['best']))}</td></tr>"
+            )
+        fig.update_layout(
+            title=f"Self-similarity vs scale — {rec['sae']['name']}",
+            xaxis_title="scale",
+            yaxis_title="self-similarity (minus scale 0)",
+        )
+        parts.append(figure_html(fig))
+        parts.append(
+            "<table><tr><th>latent</th><th>chosen scale</th><th>max self-sim</th><th>failed</th>"
+            "<th>explanations (best first)</th></tr>" + "".join(rows) + "</table>"
+        )
+    return "\n".join(parts)

@@ -1,0 +1,25 @@
+"""Synthetic activations (Giglemiani et al. 2024): registered here, run by ``saeval.evals.synthetic.run``."""
+
+from saeval.evals.base import EvalSpec, register_eval
+from saeval.evals.synthetic.config import SyntheticConfig, SyntheticDetails, SyntheticMetrics, SyntheticResult
+
+SPEC = register_eval(EvalSpec(
+    name="synthetic",
+    config_cls=SyntheticConfig,
+    result_cls=SyntheticResult,
+    run="saeval.evals.synthetic.run:run",
+    description="synthetic activations (Giglemiani et al. 2024): does the model treat activations built from "
+                "SAE latents like real ones? MS step of perturbations towards real, SAE-reconstructed, "
+                "synthetic and random targets; activation plateaus",
+    presets={
+        # ~60-90 s per SAE on two CPU cores: fewer samples and steps, no relative interpolation.
+        "demo": {"n_samples": 48, "n_fit": 750, "n_steps": 40, "step_size": "auto", "relative": False,
+                 "n_density_tokens": 16384, "n_examples": 3},
+        "tiny": {"n_samples": 6, "n_fit": 80, "n_steps": 8, "step_size": "auto", "n_density_tokens": 2048,
+                 "density_ctx_len": 32, "structured_pool": 20, "n_examples": 2},
+    },
+    report="saeval.evals.synthetic.report:report",
+    requires=("core",),  # latent densities; without a core result the run makes its own density pass
+))
+
+__all__ = ["SPEC", "SyntheticConfig", "SyntheticDetails", "SyntheticMetrics", "SyntheticResult"]

