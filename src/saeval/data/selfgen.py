@@ -1,40 +1,48 @@
 """The host's own text: unconditional samples from a BOS prompt at temperature 1 (FaithfulSAE, methods.md C2).
 
-Samples are generated in batches (``host.generate``), cut at the first special token (end of text), and cached
-on disk per (model fingerprint, seed, temperature, sample length): a later request for more tokens extends the cache,
-and the same request always returns the same tokens (batch b is sampled with seed ``seed * 1_000_003 + b``).
+Samples are generated in batches (``host.generate``), cut at the first special token (end of text). Each batch
+is one record of token ids in saeval.data.cache (kind ``selfgen``), keyed by (model fingerprint, seed,
+temperature, sample length, batch size, batch index) and written as soon as it is sampled: a run killed
+mid-generation resumes at the first missing batch, a later request for more tokens adds batches, and the same
+request always returns the same tokens (batch b is sampled with seed ``seed * 1_000_003 + b``).
 ``load_contexts(host, "self-generated", n_tokens, ctx_len, seed)`` draws its contexts from these samples.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from contextlib import ExitStack
 
 import torch
 from torch import Tensor
 
-from saeval.assets import cache_dir
+from saeval.data.cache import CacheKey, read_record, write_record
 from saeval.errors import SaevalError
-from saeval.hashing import json_digest
-from saeval.io import atomic_path
 from saeval.progress import progress_bar
 
 CORPUS_NAME = "self-generated"
+FORMAT = 2
 
 
-def _cache_path(host, seed: int, temperature: float, sample_len: int, batch_size: int):
+def batch_key(host, seed: int, temperature: float, sample_len: int, batch_size: int, batch: int) -> CacheKey:
     # Keyed by the model's content (weights, config, tokenizer), not its name. Batch b is sampled with its own
     # seed, so the batch size and the sampler ("inverse-cdf", the one of LanguageHost.generate) decide which
     # samples come out: both are part of the key.
-    key = [host.fingerprint(), seed, temperature, sample_len, batch_size, "inverse-cdf"]
-    return cache_dir() / "selfgen" / f"{json_digest(key)}.pt"
+    return CacheKey("selfgen", {"format": FORMAT, "model": host.fingerprint(), "seed": seed,
+                                "temperature": temperature, "sample_len": sample_len, "batch_size": batch_size,
+                                "sampler": "inverse-cdf", "batch": batch})
 
 
 def _cut(row: Tensor, special: Tensor) -> Tensor:
     """Tokens before the first special token (EOS, pad): the rest is not the model's text."""
     stop = torch.isin(row, special).nonzero()
     return row[: int(stop[0])] if len(stop) else row
+
+
+def _sample(host, batch_size: int, sample_len: int, temperature: float, seed: int) -> list[list[int]]:
+    prompt = torch.full((batch_size, 1), host.bos_id, dtype=torch.long)
+    new = host.generate(prompt, torch.ones_like(prompt), max_new_tokens=sample_len, temperature=temperature,
+                        seed=seed)
+    return [_cut(row, host.special_ids).tolist() for row in new.cpu()]
 
 
 def generate_documents(
@@ -49,45 +57,32 @@ def generate_documents(
     """At least ``n_tokens`` tokens of unconditional samples (each up to ``sample_len`` tokens), cached."""
     if sample_len < 1 or batch_size < 1:
         raise SaevalError("self-generated corpus needs sample_len >= 1 and batch_size >= 1")
-    path = _cache_path(host, seed, temperature, sample_len, batch_size)
-    state: dict[str, Any] = torch.load(path) if path.exists() else {"docs": [], "batches": 0}
-    docs: list[Tensor] = state["docs"]
-    total = sum(len(d) for d in docs if len(d) >= min_doc_tokens)
-    if total < n_tokens:
-        special = host.special_ids
-        with progress_bar() as bar:
-            task = bar.add_task(
-                f"self-generating {n_tokens} tokens ({host.name}, T={temperature})", total=n_tokens
-            )
-            bar.advance(task, total)
-            while total < n_tokens:
-                prompt = torch.full((batch_size, 1), host.bos_id, dtype=torch.long)
-                new = host.generate(
-                    prompt,
-                    torch.ones_like(prompt),
-                    max_new_tokens=sample_len,
-                    temperature=temperature,
-                    seed=seed * 1_000_003 + state["batches"],
-                )
-                state["batches"] += 1
-                for row in new.cpu():
-                    doc = _cut(row, special).to(torch.int32)
-                    docs.append(doc)
-                    if len(doc) >= min_doc_tokens:
-                        total += len(doc)
+    docs: list[Tensor] = []
+    total = batch = 0
+    with ExitStack() as stack:
+        bar = task = None
+        while total < n_tokens:
+            key = batch_key(host, seed, temperature, sample_len, batch_size, batch)
+            stored = read_record(key)
+            if stored is None:
+                if bar is None:  # a bar only when something is generated, started at what the cache held
+                    bar = stack.enter_context(progress_bar())
+                    task = bar.add_task(f"self-generating {n_tokens} tokens ({host.name}, T={temperature})",
+                                        total=n_tokens)
+                    bar.advance(task, total)
+                stored = {"docs": _sample(host, batch_size, sample_len, temperature, seed * 1_000_003 + batch)}
+                write_record(key, stored)  # before the next batch: an interrupted run keeps what it generated
+            batch += 1
+            for row in stored["docs"]:
+                doc = torch.tensor(row, dtype=torch.int32)
+                docs.append(doc)
+                if len(doc) >= min_doc_tokens:
+                    total += len(doc)
+                    if bar is not None:
                         bar.advance(task, len(doc))
-                if state["batches"] > 50 and total == 0:
-                    raise SaevalError(
-                        f"{host.name} samples end immediately from BOS: it cannot self-generate text"
-                    )
-                _save(state, path)  # after every batch: an interrupted run keeps what it generated
+            if batch > 50 and total == 0:
+                raise SaevalError(f"{host.name} samples end immediately from BOS: it cannot self-generate text")
     return docs
-
-
-def _save(state: dict[str, Any], path: Path) -> None:
-    """Atomic write (two processes may extend the same cache)."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
 
 
 def load_selfgen_contexts(

@@ -10,24 +10,25 @@ contexts are split once into disjoint training and held-out parts. The study rep
 - the cross-data table: each corpus's seed-0 SAE evaluated on the held-out part of both corpora (explained
   variance, FaithfulSAE's 1 - Var(x - xhat) / Var(x), L2 loss, CE increase when spliced in).
 
-SAEs are cached per (model fingerprint, hook, corpus content, sizes, training config, seed).
+SAEs are cached (saeval.data.cache, kind ``faithful-saes``) per (model fingerprint, hook, corpus content, sizes,
+training config, seed).
 """
 
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
 from saeval.analysis.matching import cross_data_metrics, match_saes
-from saeval.assets import cache_dir
 from saeval.data.activations import ActivationCache
+from saeval.data.cache import CacheKey, get_or_build
 from saeval.data.corpora import load_contexts
 from saeval.errors import SaevalError
 from saeval.evals.base import EvalContext
-from saeval.hashing import json_digest
 from saeval.saes.train import train_sae
 from saeval.saes.train_config import TrainConfig
 from saeval.studies.base import envelope
@@ -55,33 +56,44 @@ def sae_train_config(host, config: FaithfulConfig) -> TrainConfig:
     return TrainConfig(**config.train.model_dump(), d_sae=config.expansion * host.d_model)
 
 
-def _sae_folder(host, hook: str, corpus: str, config: FaithfulConfig, seed: int) -> Path:
+def _sae_key(host, hook: str, corpus: str, config: FaithfulConfig, seed: int) -> tuple[CacheKey, str]:
+    """The cache key of one trained SAE and its name (the folder inside the entry that holds it)."""
     from saeval.runner.fingerprints import corpus_fingerprint
     from saeval.runner.names import safe_component
 
-    key = {"model": host.fingerprint(), "hook": hook, "corpus": [corpus, corpus_fingerprint(corpus)],
-           "sizes": [config.train_tokens, config.eval_tokens, config.ctx_len], "data_seed": config.data_seed,
-           "temperature": config.temperature, "train": sae_train_config(host, config).model_dump(mode="json"),
-           "seed": seed}
+    key = CacheKey("faithful-saes", {
+        "model": host.fingerprint(), "hook": hook, "corpus": [corpus, corpus_fingerprint(corpus)],
+        "sizes": [config.train_tokens, config.eval_tokens, config.ctx_len], "data_seed": config.data_seed,
+        "temperature": config.temperature, "train": sae_train_config(host, config).model_dump(mode="json"),
+        "seed": seed})
     tag = "selfgen" if corpus == SELF else Path(corpus).name.replace(":", "-")
-    name = safe_component(f"{host.name}-{tag}-{config.train_tokens}-s{seed}-{json_digest(key)[:10]}")
-    return cache_dir() / "faithful-saes" / name
+    return key, safe_component(f"{host.name}-{tag}-{config.train_tokens}-s{seed}-{key.digest[:10]}")
+
+
+def _sae_folder(host, hook: str, corpus: str, config: FaithfulConfig, seed: int) -> Path:
+    """Where the SAE of ``seed`` lies once ``study_saes`` has built it."""
+    key, name = _sae_key(host, hook, corpus, config, seed)
+    return key.path / name
 
 
 def study_saes(host, hook: str, corpus: str, config: FaithfulConfig, train_contexts: Tensor) -> list:
-    """The two seeds' SAEs trained on ``train_contexts`` of ``corpus`` (cached on disk)."""
+    """The two seeds' SAEs trained on ``train_contexts`` of ``corpus`` (cached on disk, one entry per seed)."""
     from saeval.saes.formats import load_sae, save_sae
 
-    saes, cache = [], None
+    acts: ActivationCache | None = None
+
+    def train(seed: int, name: str, tmp: Path) -> None:
+        nonlocal acts
+        if acts is None:  # the activations only when some seed's SAE is missing
+            acts = ActivationCache.build(host, hook, corpus, train_contexts)
+        cfg = sae_train_config(host, config).model_copy(update={"seed": seed})
+        sae, _ = train_sae(acts, acts.n_tokens, host.d_model, cfg, hook, host.name, name=name)
+        save_sae(sae, tmp / name)
+
+    saes = []
     for seed in config.seeds:
-        folder = _sae_folder(host, hook, corpus, config, seed)
-        if not (folder / "cfg.json").exists():
-            if cache is None:
-                cache = ActivationCache.build(host, hook, corpus, train_contexts)
-            cfg = sae_train_config(host, config).model_copy(update={"seed": seed})
-            sae, _ = train_sae(cache, cache.n_tokens, host.d_model, cfg, hook, host.name, name=folder.name)
-            save_sae(sae, folder)
-        saes.append(load_sae(folder))
+        key, name = _sae_key(host, hook, corpus, config, seed)
+        saes.append(load_sae(get_or_build(key, partial(train, seed, name)) / name))
     return saes
 
 
