@@ -34,6 +34,11 @@ def run(
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="EVAL.FIELD=VALUE, VALUE as JSON or a plain string (repeatable; saeval show EVAL)")] = None,
     config: Annotated[Path | None, typer.Option(help="run config file (.toml, .yaml, .json); flags override")] = None,
+    backend: Annotated[str | None, typer.Option(help=_help("backend"))] = None,
+    address: Annotated[str | None, typer.Option(help=_help("address"))] = None,
+    workers: Annotated[int | None, typer.Option(help=_help("workers"), min=1)] = None,
+    gpus_per_worker: Annotated[float | None, typer.Option(help=_help("gpus_per_worker"), min=0)] = None,
+    plugin: Annotated[list[str] | None, typer.Option("--plugin", help=F["plugins"].description)] = None,
     force: Annotated[bool, typer.Option("--force", help=F["force"].description)] = False,
     strict: Annotated[bool, typer.Option("--strict", help=F["strict"].description)] = False,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help=F["fail_fast"].description)] = False,
@@ -48,7 +53,9 @@ def run(
     if tokens is not None:
         sets.setdefault("core", {}).update({"n_eval_tokens": tokens, "n_density_tokens": tokens})
     flags = {"saes": sae or None, "model": model, "evals": evals, "out": out, "hook": hook, "corpus": corpus,
-             "preset": preset, "device": device, "dtype": dtype, "seed": seed, "force": force or None,
+             "preset": preset, "device": device, "dtype": dtype, "seed": seed, "backend": backend,
+             "address": address, "workers": workers, "gpus_per_worker": gpus_per_worker, "plugins": plugin or None,
+             "force": force or None,
              "strict": strict or None, "fail_fast": fail_fast or None}
     request = build_request(file_values, flags, sets)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from rich.console import Console
@@ -48,16 +49,21 @@ def check_sae_fits(host, sae, hook: str) -> None:
 def execute(request: RunRequest) -> list[JobOutcome]:
     """Run the request; results land in ``request.out``, a summary in ``OUT/run_summary.json``."""
     refs = check_request(request)  # before torch is even imported
+    start = time.time()
+    if request.backend == "ray":
+        from saeval.runner.ray_backend import execute_ray
+
+        outcomes = execute_ray(request, refs)
+        finish(request, outcomes, start)
+        return outcomes
 
     import torch
 
     from saeval.evals import EvalContext
     from saeval.hosts import LanguageHost
-    from saeval.io import write_json_atomic
     from saeval.runner.local import run_evals
     from saeval.saes.formats import load_sae
 
-    start = time.time()
     host = LanguageHost.load(request.model, device=request.device, dtype=getattr(torch, request.dtype))
     saes = [load_sae(ref, device=request.device) for ref in refs]
     groups: dict[str, list[int]] = {}
@@ -71,15 +77,19 @@ def execute(request: RunRequest) -> list[JobOutcome]:
         outcomes += run_evals(ctx, [saes[i] for i in members], request.evals, request.out, force=request.force,
                               overrides=request.overrides, strict=request.strict, fail_fast=request.fail_fast,
                               sae_paths=[refs[i] for i in members])
-    summary = {"seconds": round(time.time() - start, 2), "request": request.model_dump(mode="json"),
-               "jobs": [o.__dict__ for o in outcomes]}
-    write_json_atomic(Path(request.out) / "run_summary.json", summary)
-    print_summary(outcomes)
+    finish(request, outcomes, start)
     return outcomes
 
 
-def print_summary(outcomes: list[JobOutcome]) -> None:
-    table = Table(title="saeval run", show_lines=False)
+def finish(request: RunRequest, outcomes: list[JobOutcome], start: float) -> None:
+    """``OUT/run_summary.json`` and the end-of-run tables: every job, then counts and seconds per eval."""
+    from saeval.io import write_json_atomic
+
+    seconds = round(time.time() - start, 2)
+    summary = {"seconds": seconds, "backend": request.backend, "request": request.model_dump(mode="json"),
+               "counts": dict(Counter(o.status for o in outcomes)), "jobs": [o.to_dict() for o in outcomes]}
+    write_json_atomic(Path(request.out) / "run_summary.json", summary)
+    table = Table(title="saeval run")
     for col in ("sae", "eval", "status", "seconds", "error"):
         table.add_column(col)
     for o in outcomes:
@@ -87,3 +97,14 @@ def print_summary(outcomes: list[JobOutcome]) -> None:
         table.add_row(o.sae, o.eval, f"[{style}]{o.status}[/{style}]" if style else o.status, f"{o.seconds:.1f}",
                       o.error or "")
     console.print(table)
+    per_eval: dict[str, list[JobOutcome]] = defaultdict(list)
+    for o in outcomes:
+        per_eval[o.eval].append(o)
+    totals = Table(title=f"{len(outcomes)} jobs in {seconds:.1f}s wall ({request.backend})")
+    for col in ("eval", "done", "skipped (up to date)", "failed", "job seconds"):
+        totals.add_column(col)
+    for name, group in per_eval.items():
+        c = Counter(o.status for o in group)
+        seconds_sum = f"{sum(o.seconds for o in group):.1f}"
+        totals.add_row(name, str(c["done"]), str(c["skipped"]), str(c["failed"]), seconds_sum)
+    console.print(totals)

@@ -1,13 +1,16 @@
 """Run evals on SAEs in this process. A result is skipped only when its config hash matches; otherwise it is
 recomputed and replaced atomically, and the log names what changed. A failed job is recorded and the others
-go on (unless ``fail_fast``); jobs that need a failed prerequisite are marked failed too."""
+go on (unless ``fail_fast``); jobs that need a failed prerequisite are marked failed too.
+
+Where results are read and written is a :class:`ResultStore`: the output folder here; on Ray, workers hold a
+:class:`MemoryStore` of what the driver sent and return what they computed, and the driver alone writes."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from rich.console import Console
 
@@ -29,20 +32,67 @@ class JobOutcome:
     seconds: float = 0.0
     error: str | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
-def _load_current(path: Path, spec, digest: str):
-    """The typed result at ``path`` when its config hash is ``digest``; else (None, the stored record or None).
+
+class ResultStore(Protocol):
+    def load(self, folder: str, eval_name: str) -> dict[str, Any] | None: ...
+
+    def save(self, folder: str, result) -> str: ...
+
+
+class DiskStore:
+    """Results as ``OUT/<folder>/<eval>.json``."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = Path(out_dir)
+
+    def path(self, folder: str, eval_name: str) -> Path:
+        from saeval.results import result_path
+
+        return result_path(self.out_dir, folder, eval_name)
+
+    def load(self, folder: str, eval_name: str) -> dict[str, Any] | None:
+        from saeval.results import read_result
+
+        path = self.path(folder, eval_name)
+        if not path.exists():
+            return None
+        try:
+            return read_result(path)
+        except SaevalError as err:
+            console.print(f"[yellow]{err}; recomputing[/yellow]")
+            return None
+
+    def save(self, folder: str, result) -> str:
+        from saeval.results import write_result
+
+        return str(write_result(self.out_dir, result, folder))
+
+
+class MemoryStore:
+    """The records a driver sent, plus the results computed here (to send back)."""
+
+    def __init__(self, records: dict[tuple[str, str], dict[str, Any]] | None = None):
+        self.records = dict(records or {})
+        self.saved: list[tuple[str, dict[str, Any]]] = []
+
+    def load(self, folder: str, eval_name: str) -> dict[str, Any] | None:
+        return self.records.get((folder, eval_name))
+
+    def save(self, folder: str, result) -> str:
+        record = result.model_dump(mode="json")
+        self.records[(folder, result.eval)] = record
+        self.saved.append((folder, record))
+        return f"{folder}/{result.eval}.json"
+
+
+def _current(store: ResultStore, folder: str, spec, digest: str):
+    """The typed stored result when its config hash is ``digest``; else (None, the stored record or None).
     A result whose hash matches but that no longer validates (an older schema) is recomputed."""
-    from saeval.results import read_result
-
-    if not path.exists():
-        return None, None
-    try:
-        record = read_result(path)
-    except SaevalError as err:
-        console.print(f"[yellow]{err}; recomputing[/yellow]")
-        return None, None
-    if record.get("config_hash") != digest:
+    record = store.load(folder, spec.name)
+    if record is None or record.get("config_hash") != digest:
         return None, record
     try:
         return spec.result_cls.model_validate(record), record
@@ -50,18 +100,16 @@ def _load_current(path: Path, spec, digest: str):
         return None, record
 
 
-def run_one(ctx: EvalContext, sae, planned: PlannedEval, folder: str, out_dir: Path, force: bool, strict: bool,
-            inputs: dict[str, Any], sae_path: str | None) -> tuple[JobOutcome, Any]:
+def run_one(ctx: EvalContext, sae, planned: PlannedEval, folder: str, store: ResultStore, force: bool,
+            strict: bool, inputs: dict[str, Any], sae_path: str | None) -> tuple[JobOutcome, Any]:
     from saeval.data.budget import size_policy
-    from saeval.results import result_path, write_result
 
     spec = planned.spec
     digest = config_hash(inputs)
-    path = result_path(out_dir, folder, spec.name)
-    current, stored = (None, None) if force else _load_current(path, spec, digest)
+    current, stored = (None, None) if force else _current(store, folder, spec, digest)
     if current is not None:
         console.print(f"[dim]skip {folder}/{spec.name}: up to date (config hash {digest})[/dim]")
-        return JobOutcome(folder, spec.name, "skipped", str(path)), current
+        return JobOutcome(folder, spec.name, "skipped"), current
     why = "--force" if force else ("new" if stored is None else describe_changes(stored.get("hash_inputs", {}), inputs))
     console.print(f"[bold]{spec.name}[/bold] on {folder} (preset {ctx.preset}; {why})")
     start = time.time()
@@ -73,11 +121,46 @@ def run_one(ctx: EvalContext, sae, planned: PlannedEval, folder: str, out_dir: P
     result.provenance = provenance(ctx, sae, sae_path, inputs)
     result.warnings = [*sizes.warnings, *result.warnings]
     result.sizes = {**sizes.sizes, **result.sizes}
-    for warning in sizes.warnings:
+    for warning in result.warnings:
         console.print(f"  [yellow]warning:[/yellow] {warning}")
-    written = write_result(out_dir, result, folder)
+    written = store.save(folder, result)
     console.print(f"  wrote {written} in {result.seconds:.1f}s")
-    return JobOutcome(folder, spec.name, "done", str(written), result.seconds), result
+    return JobOutcome(folder, spec.name, "done", written, result.seconds), result
+
+
+def one_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
+
+
+def run_sae_jobs(ctx: EvalContext, sae, folder: str, planned: list[PlannedEval], store: ResultStore,
+                 force: bool = False, strict: bool = False, fail_fast: bool = True,
+                 sae_path: str | None = None) -> list[JobOutcome]:
+    """Every planned eval on one SAE, prerequisites first (``planned`` is in dependency order)."""
+    sae_fp = sae_fingerprint(sae)
+    hashes: dict[str, str] = {}
+    failed: set[str] = set()
+    outcomes: list[JobOutcome] = []
+    for job in planned:
+        deps = job.spec.prerequisites(job.config)
+        missing = [d for d in deps if d in failed]
+        if missing:
+            outcomes.append(JobOutcome(folder, job.name, "failed", error=f"needs {missing[0]}, which failed"))
+            failed.add(job.name)
+            continue
+        inputs = hash_inputs(ctx, job, sae_fp, {d: hashes[d] for d in deps})
+        try:
+            outcome, result = run_one(ctx, sae, job, folder, store, force, strict, inputs, sae_path)
+        except Exception as err:  # one job's failure must not take the other SAEs and evals down
+            if fail_fast:
+                raise
+            console.print(f"[red]failed[/red] {folder}/{job.name}: {one_line(err)}")
+            outcomes.append(JobOutcome(folder, job.name, "failed", error=one_line(err)))
+            failed.add(job.name)
+            continue
+        hashes[job.name] = result.config_hash
+        ctx.provide(sae, result)
+        outcomes.append(outcome)
+    return outcomes
 
 
 def run_evals(
@@ -93,33 +176,10 @@ def run_evals(
 ) -> list[JobOutcome]:
     """Each eval (and its prerequisites) on each SAE, prerequisites first; returns one outcome per job."""
     planned = resolve_evals(eval_names, ctx.preset, overrides)
-    out_dir = Path(out_dir)
-    folders = result_folders(saes)
+    store = DiskStore(out_dir)
+    folders = result_folders([(sae.name, sae_fingerprint(sae)) for sae in saes])
     outcomes: list[JobOutcome] = []
     for i, sae in enumerate(saes):
-        sae_fp = sae_fingerprint(sae)
-        hashes: dict[str, str] = {}
-        failed: dict[str, str] = {}
-        for job in planned:
-            deps = job.spec.prerequisites(job.config)
-            missing = [d for d in deps if d in failed]
-            if missing:
-                outcomes.append(JobOutcome(folders[i], job.name, "failed", error=f"needs {missing[0]}, which failed"))
-                failed[job.name] = outcomes[-1].error or ""
-                continue
-            inputs = hash_inputs(ctx, job, sae_fp, {d: hashes[d] for d in deps})
-            try:
-                outcome, result = run_one(ctx, sae, job, folders[i], out_dir, force, strict, inputs,
-                                          (sae_paths or [None] * len(saes))[i])
-            except Exception as err:  # one job's failure must not take the other SAEs and evals down
-                if fail_fast:
-                    raise
-                line = " ".join(str(err).split())[:300] or type(err).__name__
-                console.print(f"[red]failed[/red] {folders[i]}/{job.name}: {type(err).__name__}: {line}")
-                outcomes.append(JobOutcome(folders[i], job.name, "failed", error=f"{type(err).__name__}: {line}"))
-                failed[job.name] = line
-                continue
-            hashes[job.name] = result.config_hash
-            ctx.provide(sae, result)
-            outcomes.append(outcome)
+        path = (sae_paths or [None] * len(saes))[i]
+        outcomes += run_sae_jobs(ctx, sae, folders[i], planned, store, force, strict, fail_fast, path)
     return outcomes

@@ -21,15 +21,14 @@ def safe_component(name: str) -> str:
     return text[:200] or "sae"
 
 
-def result_folders(saes: list) -> list[str]:
-    """A folder per SAE: its safe name, with a short weight hash added where two SAEs share a name."""
-    from saeval.runner.fingerprints import sae_fingerprint
-
-    names = [safe_component(sae.name) for sae in saes]
+def result_folders(named: list[tuple[str, str]]) -> list[str]:
+    """A folder per SAE, from (name, weight fingerprint) pairs: its safe name, with a short weight hash added
+    where two SAEs share a name."""
+    names = [safe_component(name) for name, _ in named]
     out = []
-    for sae, name in zip(saes, names, strict=True):
+    for (_, fp), name in zip(named, names, strict=True):
         if names.count(name) > 1:
-            unique = f"{name}-{sae_fingerprint(sae)[:8]}"
+            unique = f"{name}-{fp[:8]}"
             console.print(f"[yellow]note:[/yellow] several SAEs are named {name}; this one writes to {unique}/")
             name = unique
         out.append(name)

@@ -34,10 +34,25 @@ class RunRequest(BaseModel):
     force: bool = Field(False, description="recompute results whose config hash matches")
     strict: bool = Field(False, description="error when a requested size exceeds the data instead of using it all")
     fail_fast: bool = Field(False, description="stop at the first failed job instead of recording it and going on")
+    backend: Literal["local", "ray"] = Field("local", description="local: one process; ray: Ray actors")
+    address: str | None = Field(None, description="Ray cluster address (auto or HOST:PORT); none starts one here")
+    workers: int | None = Field(None, gt=0, description="Ray workers (actors), each loading the model once")
+    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs per Ray worker; 0.5 packs two workers per GPU")
+    plugins: list[str] = Field([], description="modules to import first, registering extra evals")
     overrides: dict[str, dict[str, Any]] = Field({}, description="per-eval fields: {eval: {field: value}}")
 
 
 RUN_KEYS = tuple(RunRequest.model_fields)
+
+
+def import_plugin(module: str) -> None:
+    """Import a module that registers extra evals (``register_eval``) before the request is checked."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError as err:
+        raise SaevalError(f"--plugin {module}: cannot import it ({err})") from None
 
 
 def build_request(file_values: dict[str, Any], flags: dict[str, Any], sets: dict[str, Any]) -> RunRequest:
@@ -45,6 +60,8 @@ def build_request(file_values: dict[str, Any], flags: dict[str, Any], sets: dict
     from saeval.evals.base import EVALS, deep_merge, get_eval
 
     get_eval("core")  # registers the built-in evals (config modules only: no torch)
+    for module in [*file_values.get("plugins", []), *(flags.get("plugins") or [])]:
+        import_plugin(module)
     run_values: dict[str, Any] = {}
     overrides: dict[str, Any] = {}
     for key, value in file_values.items():
