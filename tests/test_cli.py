@@ -177,3 +177,22 @@ def test_show_lists_fields_with_descriptions():
     assert code == 0 and "n_eval_tokens" in text and "409600" in text and "8192" in text  # default and demo
     code, text = _run("list", "evals", "--fields")
     assert code == 0 and "tpp" in text and "n_values" in text
+
+
+def test_a_broken_sae_among_good_ones_is_recorded_and_the_others_run(tmp_path, tiny_model_dir):
+    from safetensors.torch import load_file, save_file
+
+    good = _sae(tmp_path, name="good")
+    bad = _sae(tmp_path, name="bad")
+    weights = load_file(bad / "sae_weights.safetensors")
+    weights["W_dec"][0, 0] = float("nan")
+    save_file(weights, bad / "sae_weights.safetensors")
+    out = tmp_path / "out"
+    code, text = _run("run", "--model", str(tiny_model_dir), "--sae", str(good), "--sae", str(bad), "--preset",
+                      "tiny", "--out", str(out))
+    assert code == 1 and "W_dec has 1 NaN" in " ".join(text.split())
+    jobs = {j["sae"]: j for j in json.loads((out / "run_summary.json").read_text())["jobs"]}
+    assert jobs["good"]["status"] == "done" and jobs["bad"]["status"] == "failed" and "NaN" in jobs["bad"]["error"]
+    assert (out / "good" / "core.json").exists() and not (out / "bad").exists()
+    code, text = _run("run", "--model", str(tiny_model_dir), "--sae", str(bad), "--preset", "tiny", "--out", str(out))
+    assert code == 2 and "W_dec has 1 NaN" in text  # alone, it is bad input: one line, nothing run

@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from saeval.errors import SaevalError
 from saeval.runner.local import JobOutcome
+from saeval.runner.names import safe_component
 from saeval.runner.plan import check_device, check_model_ref, check_out_dir, expand_sae_refs, resolve_evals
 from saeval.runner.request import RunRequest
 
@@ -65,20 +67,36 @@ def execute(request: RunRequest) -> list[JobOutcome]:
     from saeval.saes.formats import load_sae
 
     host = LanguageHost.load(request.model, device=request.device, dtype=getattr(torch, request.dtype))
-    saes = [load_sae(ref, device=request.device) for ref in refs]
-    groups: dict[str, list[int]] = {}
-    for i, sae in enumerate(saes):
-        hook = resolve_hook(sae, request.hook)
-        check_sae_fits(host, sae, hook)
-        groups.setdefault(hook, []).append(i)
+    groups: dict[str, list[tuple[Any, str]]] = {}
     outcomes: list[JobOutcome] = []
+    errors: list[SaevalError] = []
+    for ref in refs:  # every SAE is checked before any eval starts
+        try:
+            sae = load_sae(ref, device=request.device)
+            hook = resolve_hook(sae, request.hook)
+            check_sae_fits(host, sae, hook)
+        except SaevalError as err:
+            errors.append(err)
+            outcomes += failed_jobs(request, safe_component(Path(ref).name), str(err))
+            continue
+        groups.setdefault(hook, []).append((sae, ref))
+    if errors and (request.fail_fast or not groups):  # nothing else to run: bad input, one line
+        raise errors[0]
+    for err in errors:
+        console.print(f"[red]skipping an SAE[/red]: {err}")
     for hook, members in groups.items():
         ctx = EvalContext(host=host, hook=hook, corpus=request.corpus, seed=request.seed, preset=request.preset)
-        outcomes += run_evals(ctx, [saes[i] for i in members], request.evals, request.out, force=request.force,
+        outcomes += run_evals(ctx, [sae for sae, _ in members], request.evals, request.out, force=request.force,
                               overrides=request.overrides, strict=request.strict, fail_fast=request.fail_fast,
-                              sae_paths=[refs[i] for i in members])
+                              sae_paths=[ref for _, ref in members])
     finish(request, outcomes, start)
     return outcomes
+
+
+def failed_jobs(request: RunRequest, folder: str, error: str) -> list[JobOutcome]:
+    """One failed outcome per planned eval of an SAE that could not be loaded or does not fit the model."""
+    planned = resolve_evals(request.evals, request.preset, request.overrides)
+    return [JobOutcome(folder, p.name, "failed", error=error) for p in planned]
 
 
 def finish(request: RunRequest, outcomes: list[JobOutcome], start: float) -> None:

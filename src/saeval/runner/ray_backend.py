@@ -112,19 +112,29 @@ def _local_gpus() -> int:
         return 0
 
 
-def _name_saes(refs: list[str]) -> tuple[list[str], list[str]]:
-    """(result folder, hook) per SAE, computed on the driver exactly as the local backend does."""
-    from saeval.runner.execute import resolve_hook
+def _name_saes(request: RunRequest, refs: list[str]) -> tuple[list[str], list[str], list[JobOutcome]]:
+    """(result folder, hook) per loadable SAE, computed on the driver as the local backend does, and failed
+    outcomes for the SAEs that do not load (their refs are dropped from ``refs`` in place)."""
+    from saeval.errors import SaevalError
+    from saeval.runner.execute import failed_jobs, resolve_hook
     from saeval.runner.fingerprints import sae_fingerprint
-    from saeval.runner.names import result_folders
+    from saeval.runner.names import result_folders, safe_component
     from saeval.saes.formats import load_sae
 
-    named, hooks = [], []
+    named, hooks, failed, kept = [], [], [], []
     for ref in refs:
-        sae = load_sae(ref)
+        try:
+            sae = load_sae(ref)
+            hooks.append(resolve_hook(sae, request.hook))
+        except SaevalError as err:
+            if request.fail_fast:
+                raise
+            failed += failed_jobs(request, safe_component(Path(ref).name), str(err))
+            continue
         named.append((sae.name, sae_fingerprint(sae)))
-        hooks.append(resolve_hook(sae, None))
-    return result_folders(named), hooks
+        kept.append(ref)
+    refs[:] = kept
+    return result_folders(named), hooks, failed
 
 
 def execute_ray(request: RunRequest, refs: list[str]) -> list[JobOutcome]:
@@ -134,9 +144,8 @@ def execute_ray(request: RunRequest, refs: list[str]) -> list[JobOutcome]:
     from saeval.runner.plan import resolve_evals
 
     planned = resolve_evals(request.evals, request.preset, request.overrides)
-    folders, hooks = _name_saes(refs)
-    if request.hook:
-        hooks = [request.hook] * len(refs)
+    refs = list(refs)
+    folders, hooks, outcomes = _name_saes(request, refs)
     store = DiskStore(request.out)
     started = _init_ray(request)
     n_workers = max(1, request.workers or 1)
@@ -147,7 +156,6 @@ def execute_ray(request: RunRequest, refs: list[str]) -> list[JobOutcome]:
     running: dict[Any, tuple[int, int]] = {}  # ObjectRef -> (worker, SAE index)
     last_hook: dict[int, str] = {}
     status = {w: "idle" for w in range(n_workers)}
-    outcomes: list[JobOutcome] = []
 
     def dispatch(w: int) -> None:
         if not pending:
