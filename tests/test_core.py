@@ -38,7 +38,9 @@ def run_core(host, sae, **overrides):
 
 
 def test_identity_sae_scores_one(tiny_host):
-    m = run_core(tiny_host, identity_sae(tiny_host.d_model)).metrics
+    r = run_core(tiny_host, identity_sae(tiny_host.d_model))
+    m = r.metrics
+    assert m.valid and r.warnings == []
     assert m.ce_loss_score == pytest.approx(1.0, abs=1e-5)
     assert m.kl_div_score == pytest.approx(1.0, abs=1e-5)
     assert m.explained_variance == pytest.approx(1.0, abs=1e-9)
@@ -47,12 +49,23 @@ def test_identity_sae_scores_one(tiny_host):
 
 
 def test_zero_sae_scores_zero(tiny_host):
+    """A zero SAE is the zero-ablation wherever both zero the same positions: with zeros at ordinary positions
+    only, it scores 0. The default ablation (SAELens) also zeroes BOS, which the SAE run keeps."""
     sae = create_sae(SAEConfig(architecture="relu", d_in=tiny_host.d_model, d_sae=8, name="zero"))
-    r = run_core(tiny_host, sae)
+    r = run_core(tiny_host, sae, zero_ablation_positions="ordinary", kl_positions="with_next_token")
     assert r.metrics.ce_loss_score == pytest.approx(0.0, abs=1e-6)
     assert r.metrics.kl_div_score == pytest.approx(0.0, abs=1e-6)
+    default = run_core(tiny_host, sae)
+    assert default.metrics.ce_loss_with_sae == pytest.approx(r.metrics.ce_loss_with_sae, rel=1e-9)
+    assert abs(default.metrics.ce_loss_with_ablation - r.metrics.ce_loss_with_ablation) > 1e-3
+    assert abs(default.metrics.ce_loss_score) > 1e-3 and abs(default.metrics.kl_div_score) > 1e-3
+    # CE averages over positions 0..L-2 with an ordinary input token; KL by default over every ordinary one.
+    assert default.details.n_kl_positions == default.details.n_eval_tokens > default.details.n_ce_positions
+    assert r.details.n_kl_positions == r.details.n_ce_positions == default.details.n_ce_positions
     assert r.metrics.l0 == 0 and r.metrics.frac_alive == 0
     assert r.details.n_eval_tokens > 0
+    # Poor but not broken: valid, with a null cosine (zero reconstructions have no direction) instead of 1.
+    assert r.metrics.valid and r.metrics.cossim is None
 
 
 def test_density_tokens_cover_the_eval_tokens(tiny_host):
@@ -129,8 +142,12 @@ def test_reconstruction_formulas_match_numpy():
     assert s["explained_variance_legacy"] == pytest.approx(legacy.mean(), rel=1e-4)
     cos = (x * xhat).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(xhat, axis=1)
     assert s["cossim"] == pytest.approx(cos.mean(), rel=1e-5)
-    bias = (xhat**2).sum(1).mean() / (x * xhat).sum(1).mean()
+    # SAELens's per-batch ratio averaged over batches, and the single ratio over all tokens.
+    bias = np.mean([(xhat[c] ** 2).sum(1).mean() / (x[c] * xhat[c]).sum(1).mean() for c in chunks])
     assert s["relative_reconstruction_bias"] == pytest.approx(bias, rel=1e-5)
+    bias_global = (xhat**2).sum(1).mean() / (x * xhat).sum(1).mean()
+    assert s["relative_reconstruction_bias_global"] == pytest.approx(bias_global, rel=1e-5)
+    assert abs(bias - bias_global) > 1e-5  # the chunks differ enough to tell the two apart
 
 
 def test_decoder_cosines_match_numpy():

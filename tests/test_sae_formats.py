@@ -449,6 +449,18 @@ def test_bad_saelens_files_name_the_file(tmp_path, w):
     assert "cfg.json" in error_of(load_sae, tmp_path / "badjson")
 
 
+def test_all_problems_of_one_sae_come_in_one_line(tmp_path, w):
+    bad = {**w, "W_dec": w["W_dec"][:, :-1], "b_enc": w["b_enc"].clone()}
+    bad["b_enc"][0] = float("nan")
+    folder = write_saelens(tmp_path / "many", "topk", bad, k=F + 1)
+    msg = error_of(load_sae, folder)
+    assert msg.startswith(str(folder / "cfg.json"))
+    problems = msg.split(": ", 1)[1].split("; ")
+    assert problems[0].startswith(f"k={F + 1} but a topk SAE keeps between 1 and d_sae={F}")
+    assert problems[1].startswith(f"W_dec has shape [{F}, {D - 1}]")
+    assert problems[2:] == [f"b_enc has 1 NaN of {F} values"]
+
+
 def test_unknown_paths_list_the_formats(tmp_path, w):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "weights.bin").write_bytes(b"123")

@@ -4,14 +4,15 @@ One loop serves the core eval and FaithfulSAE's cross-data metrics: per batch of
 ordinary tokens' activations, accumulates :class:`ReconstructionStats`, and, given a :class:`SpliceLosses`,
 the next-token CE and KL(clean || run) of the clean run, the run with the reconstruction spliced in, and
 (optionally) the run with zeros spliced in. Special tokens are excluded from every statistic and keep their
-original activation in spliced runs.
+original activation in the reconstruction run; the zero-ablated run zeroes them too unless told otherwise
+(SAELens's get_recons_loss does, so its ablation also removes the BOS attention sink).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -20,6 +21,12 @@ from torch import Tensor
 
 from saeval.data.activations import check_finite
 from saeval.progress import track
+
+MAX_NORM_RATIO = 100.0  # mean ||xhat|| / mean ||x|| beyond which a reconstruction is broken, not merely poor
+
+
+def _mean(total: float, count: int) -> float:
+    return total / count if count else math.nan
 
 
 class ReconstructionStats:
@@ -39,17 +46,37 @@ class ReconstructionStats:
         self.sum_dot = 0.0
         self.sum_l0 = 0.0
         self.sum_l1 = 0.0
+        # SAELens's relative_reconstruction_bias: E||xhat||^2 / E<x, xhat> within each batch, averaged over batches.
+        self.sum_batch_bias = 0.0
+        self.n_bias_batches = 0
+        # Cosine and norm ratio are undefined at zero vectors (NaN in SAELens): their means skip those tokens.
+        self.n_cos = 0
+        self.n_ratio = 0
+        self.n_zero_x = 0
+        self.n_zero_xhat = 0
+        self.n_nonfinite_xhat = 0
 
     def update(self, x: Tensor, xhat: Tensor, f: Tensor) -> None:
+        """One batch's ordinary tokens (the batch matters for the per-batch statistics: legacy EV and bias)."""
         x, xhat = x.double(), xhat.double()
         err = (x - xhat).pow(2).sum(-1)
         norm_x, norm_xhat = x.norm(dim=-1), xhat.norm(dim=-1)
+        if len(x):  # a batch without ordinary tokens has no ratio (SAELens would average in a NaN)
+            dot = float((x * xhat).sum())
+            self.sum_batch_bias += float(norm_xhat.pow(2).sum()) / dot if dot else math.nan
+            self.n_bias_batches += 1
         # Legacy EV (SAEBench paper, Neuronpedia): per token against the batch mean, then averaged.
         centered = (x - x.mean(0)).pow(2).sum(-1)
         self.sum_ev_legacy += float((1 - err / centered.clamp_min(1e-12)).sum())
-        small = (norm_x < 1e-4) | (norm_xhat < 1e-4)
-        cos = torch.where(small, 1.0, (x * xhat).sum(-1) / (norm_x * norm_xhat).clamp_min(1e-12))
-        ratio = torch.where(norm_x < 1e-4, 1.0, norm_xhat / norm_x.clamp_min(1e-12))
+        # A zero vector has no direction: its cosine is NaN (as in SAELens), not 1, and is left out of the mean.
+        has_cos = (norm_x > 0) & (norm_xhat > 0)
+        cos = (x * xhat).sum(-1)[has_cos] / (norm_x * norm_xhat)[has_cos]
+        ratio = norm_xhat[norm_x > 0] / norm_x[norm_x > 0]
+        self.n_cos += len(cos)
+        self.n_ratio += len(ratio)
+        self.n_zero_x += int((norm_x == 0).sum())
+        self.n_zero_xhat += int((norm_xhat == 0).sum())
+        self.n_nonfinite_xhat += int((~xhat.isfinite()).any(-1).sum())
         self.n += len(x)
         self.sum_sq_err += float(err.sum())
         self.sum_sq_x += float(x.pow(2).sum())
@@ -76,10 +103,76 @@ class ReconstructionStats:
         return {
             "l0": self.sum_l0 / n, "l1": self.sum_l1 / n, "mse": self.sum_sq_err / n,
             "explained_variance": self.explained_variance(), "explained_variance_legacy": self.sum_ev_legacy / n,
-            "cossim": self.sum_cos / n, "l2_norm_in": self.sum_norm_in / n, "l2_norm_out": self.sum_norm_out / n,
-            "l2_ratio": self.sum_ratio / n,
-            "relative_reconstruction_bias": self.sum_sq_xhat / self.sum_dot if self.sum_dot else math.nan,
+            "cossim": _mean(self.sum_cos, self.n_cos), "l2_norm_in": self.sum_norm_in / n,
+            "l2_norm_out": self.sum_norm_out / n, "l2_ratio": _mean(self.sum_ratio, self.n_ratio),
+            "relative_reconstruction_bias": _mean(self.sum_batch_bias, self.n_bias_batches),
+            "relative_reconstruction_bias_global": self.sum_sq_xhat / self.sum_dot if self.sum_dot else math.nan,
         }
+
+    def checks(self) -> tuple[bool, list[str]]:
+        """(valid, warnings). Not valid: some reconstruction is NaN/inf or the reconstructions' mean norm is over
+        MAX_NORM_RATIO times the inputs'. Spliced into the model, such a vector breaks it (uniform logits can
+        even score better than a sane SAE), so no score computed from it means anything."""
+        valid, warnings = True, []
+        if self.n_nonfinite_xhat:
+            valid = False
+            warnings.append(f"invalid: {self.n_nonfinite_xhat} of {self.n} reconstructions hold NaN or inf "
+                            "(the SAE overflows)")
+        ratio = self.sum_norm_out / self.sum_norm_in if self.sum_norm_in > 0 else math.nan
+        if math.isfinite(ratio) and ratio > MAX_NORM_RATIO:
+            valid = False
+            warnings.append(f"invalid: reconstructions are {ratio:.3g}x the input's norm on average (limit "
+                            f"{MAX_NORM_RATIO:g}x); the SAE's weights are mis-scaled")
+        if self.n_zero_xhat:
+            warnings.append(f"{self.n_zero_xhat} of {self.n} tokens have an all-zero reconstruction: their cosine "
+                            "is undefined and cossim leaves them out")
+        if self.n_zero_x:
+            warnings.append(f"{self.n_zero_x} of {self.n} tokens have an all-zero input: cossim and l2_ratio "
+                            "leave them out")
+        return valid, warnings
+
+
+_SCORES = ("ce_loss_score", "kl_div_score")
+# Why a metric can be NaN for a valid reconstruction, once the metrics it is computed from are finite.
+_UNDEFINED = {
+    "ce_loss_score": ("zero-ablation CE equals clean CE", ("ce_loss_with_ablation", "ce_loss_without_sae")),
+    "kl_div_score": ("KL of the zero-ablated run is 0", ("kl_div_with_ablation",)),
+    "cossim": ("every reconstruction or input is all zero", ()),
+    "l2_ratio": ("every input is all zero", ()),
+    "relative_reconstruction_bias": ("E<x, xhat> is 0 in some batch", ()),
+    "relative_reconstruction_bias_global": ("E<x, xhat> is 0", ()),
+}
+
+
+def guard_metrics(metrics: dict[str, float | None], stats: ReconstructionStats) -> tuple[bool, list[str]]:
+    """Validity and warnings for ``metrics`` (stats' summary plus SpliceLosses'), which it edits in place:
+    NaN/inf values become None with the reason in a warning, and an invalid reconstruction's CE/KL scores are
+    withheld (None), so no reader ranks a broken SAE by them."""
+    valid, warnings = stats.checks()
+    broken = [k for k in ("ce_loss_with_sae", "kl_div_with_sae") if not math.isfinite(metrics.get(k) or 0.0)]
+    if broken:
+        valid = False
+        warnings.append(f"invalid: {' and '.join(broken)} not finite; the model breaks with the reconstruction "
+                        "spliced in")
+    if not valid:
+        withheld = [k for k in _SCORES if metrics.get(k) is not None]
+        metrics.update(dict.fromkeys(withheld))
+        if withheld:
+            warnings.append(f"{' and '.join(withheld)} withheld (null): scores of an invalid reconstruction are "
+                            "not comparable with other SAEs'")
+    bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+    rest = []
+    for key in bad:
+        reason, deps = _UNDEFINED.get(key, ("", ()))
+        if valid and reason and all(math.isfinite(metrics.get(d) or 0.0) for d in deps):
+            warnings.append(f"{key} is undefined (null): {reason}")
+        else:
+            rest.append(key)
+    if rest:
+        warnings.append(f"{', '.join(rest)} came out NaN or inf (null)"
+                        + ("" if valid else " because the reconstruction is invalid"))
+    metrics.update(dict.fromkeys(bad))
+    return valid, warnings
 
 
 def splice(acts_BLD: Tensor, replacement_BLD: Tensor, mask_BL: Tensor) -> Tensor:
@@ -87,26 +180,45 @@ def splice(acts_BLD: Tensor, replacement_BLD: Tensor, mask_BL: Tensor) -> Tensor
     return torch.where(mask_BL[..., None], replacement_BLD.to(acts_BLD.dtype), acts_BLD)
 
 
-def next_token_stats(logits_BLV: Tensor, clean_logp_BLV: Tensor, tokens_BL: Tensor, keep_BL: Tensor):
-    """Summed CE of the next token and KL(clean || run) over positions ``keep`` (input token not special).
+ZeroAblationPositions = Literal["all", "ordinary"]
+KLPositions = Literal["ordinary", "with_next_token"]
 
-    ``clean_logp_BLV`` holds the clean log-probs of positions 0..L-2 (those that predict a next token)."""
-    logp = F.log_softmax(logits_BLV[:, :-1].float(), dim=-1)
-    keep = keep_BL[:, :-1]
-    ce = -logp.gather(-1, tokens_BL[:, 1:, None].to(logp.device)).squeeze(-1)
+
+def next_token_stats(logits_BLV: Tensor, clean_logp_BLV: Tensor, tokens_BL: Tensor, keep_BL: Tensor,
+                     kl_last: bool = True) -> tuple[float, float, int, int]:
+    """Summed next-token CE and summed KL(clean || run), with their position counts, as SAELens's evals take them.
+
+    A position counts when its input token is kept (``keep``: not special), whatever token follows it. CE needs
+    a next token in the context: positions 0..L-2. KL compares next-token distributions, which the last position
+    has too: positions 0..L-1, or 0..L-2 without ``kl_last``. ``clean_logp_BLV``: clean log-probs, all L."""
+    logp = F.log_softmax(logits_BLV.float(), dim=-1)
+    ce_keep = keep_BL[:, :-1]
+    kl_keep = keep_BL.clone()
+    if not kl_last:
+        kl_keep[:, -1] = False
+    ce = -logp[:, :-1].gather(-1, tokens_BL[:, 1:, None].to(logp.device)).squeeze(-1)
     kl = (clean_logp_BLV.exp() * (clean_logp_BLV - logp)).sum(-1)
-    return float(ce[keep].double().sum()), float(kl[keep].double().sum()), int(keep.sum())
+    return (float(ce[ce_keep].double().sum()), float(kl[kl_keep].double().sum()), int(ce_keep.sum()),
+            int(kl_keep.sum()))
 
 
 class SpliceLosses:
     """Float64 sums of next-token CE and KL(clean || run) over ordinary positions, for the clean run, the run
-    with the SAE reconstruction spliced in and, with ``zero_ablation``, the run with zeros spliced in."""
+    with the SAE reconstruction spliced in and, with ``zero_ablation``, the run with zeros spliced in.
 
-    def __init__(self, zero_ablation: bool = True):
+    ``zero_ablation_positions`` "all" zeroes every position, special ones included (SAELens/SAEBench);
+    "ordinary" only the ordinary ones. ``kl_positions`` "ordinary" averages KL over every ordinary position, the
+    last included (SAELens/SAEBench); "with_next_token" over the CE positions only (0..L-2)."""
+
+    def __init__(self, zero_ablation: bool = True, zero_ablation_positions: ZeroAblationPositions = "all",
+                 kl_positions: KLPositions = "ordinary"):
         self.zero_ablation = zero_ablation
+        self.zero_ablation_positions = zero_ablation_positions
+        self.kl_last = kl_positions == "ordinary"
         self.ce_sums = np.zeros(3)  # clean, sae, zero
         self.kl_sums = np.zeros(2)  # sae, zero
-        self.n_positions = 0
+        self.n_positions = 0  # CE positions (cross-data metrics read ce_sums / n_positions)
+        self.n_kl_positions = 0
 
     def update(self, host, state, acts_BLD: Tensor, xhat_ND: Tensor, tokens_BL: Tensor, mask_BL: Tensor) -> None:
         """One batch: every variant continues from the hook in one stacked pass (``host.run_from``)."""
@@ -114,22 +226,24 @@ class SpliceLosses:
         recon[mask_BL] = xhat_ND.to(acts_BLD.dtype)
         variants = [acts_BLD, recon]
         if self.zero_ablation:
-            variants.append(splice(acts_BLD, torch.zeros_like(acts_BLD), mask_BL))
+            zeros = torch.zeros_like(acts_BLD)
+            variants.append(zeros if self.zero_ablation_positions == "all" else splice(acts_BLD, zeros, mask_BL))
         logits = host.run_from(state, torch.cat(variants)).float()
         B = len(tokens_BL)
-        clean_logp = F.log_softmax(logits[:B, :-1], dim=-1)
+        clean_logp = F.log_softmax(logits[:B], dim=-1)
         for i in range(len(variants)):
-            ce, kl, n_pos = next_token_stats(logits[i * B : (i + 1) * B], clean_logp, tokens_BL, mask_BL)
+            ce, kl, n_ce, n_kl = next_token_stats(logits[i * B : (i + 1) * B], clean_logp, tokens_BL, mask_BL,
+                                                  self.kl_last)
             self.ce_sums[i] += ce
             if i > 0:
                 self.kl_sums[i - 1] += kl
-        self.n_positions += n_pos
+        self.n_positions += n_ce
+        self.n_kl_positions += n_kl
 
     def summary(self) -> dict[str, float]:
         """SAEBench's CE and KL numbers; the scores need the zero-ablated run (NaN without it)."""
-        n = self.n_positions
-        ce_clean, ce_sae, ce_zero = self.ce_sums / n
-        kl_sae, kl_zero = self.kl_sums / n
+        ce_clean, ce_sae, ce_zero = self.ce_sums / self.n_positions
+        kl_sae, kl_zero = self.kl_sums / self.n_kl_positions
         out = {"ce_loss_without_sae": ce_clean, "ce_loss_with_sae": ce_sae, "kl_div_with_sae": kl_sae}
         if self.zero_ablation:
             denom = ce_zero - ce_clean

@@ -5,6 +5,8 @@ Every SAE maps x_BD -> f_BF (encode) -> xhat_BD (decode) with W_enc_DF, b_enc_F,
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from typing import ClassVar
 
 import torch
@@ -46,8 +48,41 @@ def canonical_architecture(name: str) -> str:
     return key
 
 
-def create_sae(cfg: SAEConfig) -> SAE:
+def config_problems(cfg: SAEConfig, arch: str) -> list[str]:
+    """Why ``cfg`` cannot make a working ``arch`` SAE, one phrase each; empty when it can."""
+    problems = []
+    if cfg.d_in < 1 or cfg.d_sae < 1:
+        problems.append(f"d_in={cfg.d_in} and d_sae={cfg.d_sae} must both be positive")
+    if arch in ("topk", "batchtopk") and cfg.k is not None and not 1 <= cfg.k <= cfg.d_sae:
+        # torch's topk fails deep inside encode otherwise, long after loading seemed to work.
+        problems.append(f"k={cfg.k} but a {arch} SAE keeps between 1 and d_sae={cfg.d_sae} latents per token")
+    elif arch == "topk" and not cfg.k:
+        problems.append("a TopK SAE needs k in its config")
+    if not math.isfinite(cfg.act_scale) or cfg.act_scale == 0:
+        problems.append(f"act_scale={cfg.act_scale} must be finite and non-zero (decoding divides by it)")
+    return problems
+
+
+def nonfinite_problems(tensors: Iterable[tuple[str, Tensor]]) -> list[str]:
+    """One phrase per tensor holding NaN or inf, with counts: such weights make every metric meaningless."""
+    problems = []
+    for name, value in tensors:
+        if not value.is_floating_point():
+            continue
+        n_nan, n_inf = int(value.isnan().sum()), int(value.isinf().sum())
+        if n_nan or n_inf:
+            found = " and ".join(f"{n} {kind}" for n, kind in ((n_nan, "NaN"), (n_inf, "inf")) if n)
+            problems.append(f"{name} has {found} of {value.numel()} values")
+    return problems
+
+
+def create_sae(cfg: SAEConfig, check: bool = True) -> SAE:
+    """The registered SAE for ``cfg`` (zero weights). ``check=False`` is for build_sae, which reports config
+    problems together with the weights' own."""
     arch = canonical_architecture(cfg.architecture)
+    problems = config_problems(cfg, arch) if check else []
+    if problems:
+        raise SaevalError(f"SAE {cfg.name or arch}: " + "; ".join(problems))
     return SAE_REGISTRY[arch](cfg.model_copy(update={"architecture": arch}))
 
 
@@ -106,12 +141,7 @@ class ReLUSAE(SAE):
 
 @register
 class TopKSAE(SAE):
-    architecture = "topk"
-
-    def __init__(self, cfg: SAEConfig):
-        super().__init__(cfg)
-        if not cfg.k:
-            raise SaevalError(f"TopK SAE {cfg.name or ''} needs k in its config")
+    architecture = "topk"  # k is checked by create_sae (config_problems)
 
     def encode(self, x: Tensor) -> Tensor:
         pre = torch.relu(self.pre_acts(x))

@@ -3,6 +3,8 @@ before any model loads."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 from saeval.evals.base import EvalConfig
@@ -17,10 +19,23 @@ class CoreConfig(EvalConfig):
     ctx_len: int = Field(128, ge=2, description="tokens per context, BOS included (SAEBench: 128)")
     batch_size: int = Field(8, gt=0, description="contexts per forward pass")
     compute_ce: bool = Field(True, description="also run the spliced and zero-ablated models for CE/KL scores")
+    # Both defaults are what SAELens's evals.get_recons_loss does (and SAEBench core's copy of it); the other
+    # values are what saeval computed before it matched SAELens.
+    zero_ablation_positions: Literal["all", "ordinary"] = Field(
+        "all", description="positions the zero-ablated run zeroes at the hook: all = every position, special "
+        "tokens (BOS) included (SAELens/SAEBench); ordinary = only non-special ones, special tokens keep their "
+        "activation as in the reconstruction run (saeval's former default)")
+    kl_positions: Literal["ordinary", "with_next_token"] = Field(
+        "ordinary", description="positions KL is averaged over: ordinary = every position whose input token is "
+        "not special, the last one included (SAELens/SAEBench); with_next_token = those of them that have a next "
+        "token in the context (positions 0..L-2, the CE positions; saeval's former default). CE is always averaged "
+        "over positions 0..L-2 whose input token is not special (the target may be special), as in SAELens")
     weight_chunk: int = Field(4096, gt=0, description="decoder rows per chunk of the weight-cosine pass")
 
 
 class CoreMetrics(BaseModel):
+    valid: bool = Field(description="false when the reconstruction is broken (NaN/inf, or its mean norm over 100x "
+                        "the input's): the CE/KL scores are then withheld (null) and `warnings` says why")
     l0: float | None = Field(description="mean number of active latents per token")
     l1: float | None = Field(description="mean sum of latent activations per token")
     mse: float | None = Field(description="mean squared reconstruction error per token (summed over dimensions)")
@@ -31,15 +46,22 @@ class CoreMetrics(BaseModel):
     l2_norm_in: float | None = Field(description="mean L2 norm of x")
     l2_norm_out: float | None = Field(description="mean L2 norm of the reconstruction")
     l2_ratio: float | None = Field(description="mean ||xhat|| / ||x|| (shrinkage below 1)")
-    relative_reconstruction_bias: float | None = Field(description="E||xhat||^2 / E<x, xhat> (1 without shrinkage)")
+    relative_reconstruction_bias: float | None = Field(
+        description="E||xhat||^2 / E<x, xhat> taken within each batch of batch_size contexts, then averaged over "
+        "batches, as SAELens/SAEBench (1 without shrinkage; depends on the batch size)")
+    relative_reconstruction_bias_global: float | None = Field(
+        None, description="E||xhat||^2 / E<x, xhat> over all eval tokens at once (one ratio; what saeval reported "
+        "as relative_reconstruction_bias formerly)")
     ce_loss_score: float | None = Field(None, description="(CE zero-ablated - CE with SAE) / (CE zero-ablated - "
                                         "CE clean); 1 = lossless")
     ce_loss_without_sae: float | None = Field(None, description="next-token CE of the clean model")
     ce_loss_with_sae: float | None = Field(None, description="next-token CE with the reconstruction spliced in")
-    ce_loss_with_ablation: float | None = Field(None, description="next-token CE with the hook zero-ablated")
+    ce_loss_with_ablation: float | None = Field(None, description="next-token CE with the hook zero-ablated "
+                                                "(at the positions zero_ablation_positions says)")
     kl_div_score: float | None = Field(None, description="(KL zero-ablated - KL with SAE) / KL zero-ablated; "
                                        "1 = lossless")
-    kl_div_with_sae: float | None = Field(None, description="KL(clean || with SAE) of the next-token distribution")
+    kl_div_with_sae: float | None = Field(None, description="KL(clean || with SAE) of the next-token distribution, "
+                                          "averaged over the positions kl_positions says")
     kl_div_with_ablation: float | None = Field(None, description="KL(clean || zero-ablated) of the next-token "
                                                "distribution")
     frac_alive: float | None = Field(description="fraction of latents that fired on the density tokens")
@@ -58,6 +80,8 @@ class CoreMetrics(BaseModel):
 class CoreDetails(BaseModel):
     n_eval_tokens: int = Field(description="ordinary tokens the reconstruction metrics saw")
     n_density_tokens: int = Field(description="ordinary tokens the latent densities saw")
+    n_ce_positions: int | None = Field(None, description="positions the CE means average over")
+    n_kl_positions: int | None = Field(None, description="positions the KL means average over (kl_positions)")
     latent_density: list[float] = Field(description="per latent: fraction of density tokens where it fired")
     log10_density_histogram: dict[str, list[float]] = Field(description="counts and edges of the log10 density "
                                                             "histogram of live latents")

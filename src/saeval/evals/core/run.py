@@ -1,8 +1,9 @@
 """Core reconstruction metrics (shared spec core-metrics.md; SAEBench core eval names).
 
 Reconstruction and downstream loss on ``n_eval_tokens``; latent densities on ``n_density_tokens`` (the
-reconstruction tokens plus more, encoded at capture-only cost). Special tokens are excluded everywhere;
-spliced runs keep their original activation there.
+reconstruction tokens plus more, encoded at capture-only cost). Special tokens are excluded from every
+statistic; the reconstruction run keeps their original activation, the zero-ablated run zeroes them too unless
+``zero_ablation_positions="ordinary"`` (CE/KL positions and bias as SAELens's evals: see CoreConfig).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from saeval.analysis.reconstruction import ReconstructionStats, SpliceLosses, reconstruction_batches
+from saeval.analysis.reconstruction import ReconstructionStats, SpliceLosses, guard_metrics, reconstruction_batches
 from saeval.data.activations import stream_activations
 from saeval.data.corpora import load_contexts
 from saeval.evals.base import EvalContext
@@ -44,7 +45,8 @@ def run(ctx: EvalContext, sae, config: CoreConfig) -> CoreResult:
                              ctx.seed)
     n_eval_ctx = max(1, -(-config.n_eval_tokens // config.ctx_len))
     stats = ReconstructionStats(sae.d_in, sae.d_sae)
-    losses = SpliceLosses() if config.compute_ce else None
+    losses = SpliceLosses(zero_ablation_positions=config.zero_ablation_positions,
+                          kl_positions=config.kl_positions) if config.compute_ce else None
     counts = torch.zeros(sae.d_sae, dtype=torch.float64)
     n_density_tokens = 0
     for batch in reconstruction_batches(host, sae, ctx.hook, contexts[:n_eval_ctx], config.batch_size, stats,
@@ -75,9 +77,13 @@ def run(ctx: EvalContext, sae, config: CoreConfig) -> CoreResult:
         average_max_encoder_cosine_sim=avg_max_enc,
         average_encoder_decoder_cosine_sim=enc_dec,
     )
+    valid, warnings = guard_metrics(metrics, stats)  # NaN/inf -> None with a reason; broken SAEs flagged
     details = CoreDetails(
         n_eval_tokens=stats.n, n_density_tokens=n_density_tokens,
+        n_ce_positions=None if losses is None else losses.n_positions,
+        n_kl_positions=None if losses is None else losses.n_kl_positions,
         latent_density=[float(d) for d in density], max_decoder_cosine=[float(c) for c in max_dec],
         log10_density_histogram={"counts": hist.tolist(), "edges": edges.tolist()},
     )
-    return CoreResult(**ctx.envelope("core", sae), config=config, metrics=CoreMetrics(**metrics), details=details)
+    return CoreResult(**ctx.envelope("core", sae), config=config, metrics=CoreMetrics(valid=valid, **metrics),
+                      details=details, warnings=warnings)

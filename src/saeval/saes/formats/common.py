@@ -1,5 +1,5 @@
-"""What every reader shares: checked file reads that fail in one line, and :func:`build_sae`, the one shape
-check every converter ends in, so bad files fail alike whatever library wrote them."""
+"""What every reader shares: checked file reads that fail in one line, and :func:`build_sae`, the one config,
+shape and NaN/inf check every converter ends in, so bad files fail alike whatever library wrote them."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from saeval.errors import SaevalError
-from saeval.saes.base import SAE, SAEConfig, create_sae
+from saeval.saes.base import SAE, SAEConfig, canonical_architecture, config_problems, create_sae, nonfinite_problems
 
 
 def one_line(err: BaseException) -> str:
@@ -61,22 +61,32 @@ def set_name(sae: SAE, name: str) -> SAE:
 def build_sae(
     cfg: SAEConfig, tensors: Mapping[str, Tensor], where: str, optional: tuple[str, ...] = ()
 ) -> SAE:
-    """Create the saeval SAE for ``cfg`` and copy ``tensors`` (saeval names) in, checking every shape."""
+    """Create the saeval SAE for ``cfg`` and copy ``tensors`` (saeval names) in, checking the config, every
+    shape and every value (NaN/inf). All problems of one SAE come in one SaevalError, joined by "; "."""
+    label = f"SAE {cfg.name} ({where})" if cfg.name else where
     try:
-        sae = create_sae(cfg)
+        arch = canonical_architecture(cfg.architecture)
     except SaevalError as e:
-        raise SaevalError(f"{where}: {e}") from e
+        raise SaevalError(f"{label}: {e}") from e
+    problems = config_problems(cfg, arch)
+    if cfg.d_in < 1 or cfg.d_sae < 1:  # no weights of that shape can even be allocated to compare against
+        raise SaevalError(f"{label}: " + "; ".join(problems))
+    sae = create_sae(cfg, check=False)
     with torch.no_grad():
         for name, param in sae.named_parameters():
             if name not in tensors:
-                if name in optional:
-                    continue  # stays at its zero init, e.g. a BatchTopK SAE saved without a threshold
-                raise SaevalError(f"{where}: missing tensor {name!r} needed by a {sae.architecture} SAE")
+                if name not in optional:  # an optional one stays at its zero init, e.g. a BatchTopK threshold
+                    problems.append(f"missing tensor {name!r} needed by a {sae.architecture} SAE")
+                continue
             value = tensors[name]
             if tuple(value.shape) != tuple(param.shape):
-                raise SaevalError(
-                    f"{where}: {name} has shape {list(value.shape)} but the config (d_in={cfg.d_in}, "
-                    f"d_sae={cfg.d_sae}) needs {list(param.shape)}; config and weights do not belong together"
-                )
+                problems.append(f"{name} has shape {list(value.shape)} but the config (d_in={cfg.d_in}, "
+                                f"d_sae={cfg.d_sae}) needs {list(param.shape)}, so config and weights do not "
+                                "belong together")
+                continue
             param.copy_(value.to(param.dtype))
+        # Checked after the copy so values that overflow in the conversion (float64 -> float32) count too.
+        problems += nonfinite_problems(sae.named_parameters())
+    if problems:
+        raise SaevalError(f"{label}: " + "; ".join(problems))
     return sae
