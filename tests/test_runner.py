@@ -199,3 +199,12 @@ def test_describe_changes_names_fields():
     new = {"config": {"n": 2, "m": [2, 5]}, "sae": "s1", "seed": 0}
     text = describe_changes(old, new)
     assert "config.n 1 -> 2" in text and "sae changed" in text and "seed" not in text
+
+
+def test_sizes_follow_the_device_kind_under_preset_and_user_fields():
+    (cpu,) = resolve_evals(["core"], "paper", {})
+    (gpu,) = resolve_evals(["core"], "paper", {}, "cuda:1")
+    assert cpu.config.batch_size == 8 and gpu.config.batch_size == 64
+    (mine,) = resolve_evals(["core"], "paper", {"core": {"batch_size": 4}}, "cuda")
+    assert mine.config.batch_size == 4  # what the user sets always wins
+    assert resolve_evals(["tpp"], "paper", {"tpp": {"datasets": ["wordnet"]}}, "cuda")[0].config.llm_batch_size == 128

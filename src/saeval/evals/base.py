@@ -86,6 +86,9 @@ class EvalSpec:
     requires: Requires = ()
     # Cheap checks of a resolved config before any model loads (datasets reachable, files present...).
     preflight: Callable[[Any], None] | None = None
+    # Sizes for a device kind ("cuda"), applied under the preset and the user's fields: a GPU worker takes
+    # larger batches than the CPU defaults. Results from different device kinds never share a config hash.
+    device_sizes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def prerequisites(self, config: EvalConfig) -> tuple[str, ...]:
         return tuple(self.requires(config) if callable(self.requires) else self.requires)
@@ -98,10 +101,15 @@ class EvalSpec:
 
     def config(self, preset: str = "paper", **overrides: Any) -> EvalConfig:
         """The preset's values, then ``overrides`` (nested dicts merge), validated with one-line errors."""
+        return self.resolve(preset, overrides)
+
+    def resolve(self, preset: str = "paper", overrides: dict[str, Any] | None = None,
+                device_kind: str = "cpu") -> EvalConfig:
+        """Defaults, then the device kind's sizes, then the preset, then ``overrides``, validated."""
         if preset != "paper" and preset not in self.presets:
             raise SaevalError(f"eval {self.name} has no preset {preset!r}; presets: paper, {', '.join(self.presets)}")
-        values = deep_merge(self.presets.get(preset, {}), overrides)
-        return validate_config(self.name, self.config_cls, values)
+        values = deep_merge(self.device_sizes.get(device_kind, {}), self.presets.get(preset, {}))
+        return validate_config(self.name, self.config_cls, deep_merge(values, overrides or {}))
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

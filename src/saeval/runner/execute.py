@@ -22,7 +22,7 @@ console = Console(stderr=True)
 def check_request(request: RunRequest) -> list[str]:
     """Every check that needs no model: evals, configs, presets, paths, device, output folder. Returns the
     expanded SAE references."""
-    planned = resolve_evals(request.evals, request.preset, request.overrides)
+    planned = resolve_evals(request.evals, request.preset, request.overrides, request.device)
     names = {p.name for p in planned}
     for name in request.overrides:
         if name not in names:
@@ -95,7 +95,7 @@ def execute(request: RunRequest) -> list[JobOutcome]:
 
 def failed_jobs(request: RunRequest, folder: str, error: str) -> list[JobOutcome]:
     """One failed outcome per planned eval of an SAE that could not be loaded or does not fit the model."""
-    planned = resolve_evals(request.evals, request.preset, request.overrides)
+    planned = resolve_evals(request.evals, request.preset, request.overrides, request.device)
     return [JobOutcome(folder, p.name, "failed", error=error) for p in planned]
 
 

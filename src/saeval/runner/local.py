@@ -175,7 +175,7 @@ def run_evals(
     sae_paths: list[str | None] | None = None,
 ) -> list[JobOutcome]:
     """Each eval (and its prerequisites) on each SAE, prerequisites first; returns one outcome per job."""
-    planned = resolve_evals(eval_names, ctx.preset, overrides)
+    planned = resolve_evals(eval_names, ctx.preset, overrides, getattr(ctx.host, "device", "cpu"))
     store = DiskStore(out_dir)
     folders = result_folders([(sae.name, sae_fingerprint(sae)) for sae in saes])
     outcomes: list[JobOutcome] = []

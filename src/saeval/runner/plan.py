@@ -30,9 +30,15 @@ class PlannedEval:
         return self.spec.name
 
 
+def device_kind(device: Any) -> str:
+    """"cuda" for cuda / cuda:N devices, else the device's type name ("cpu", "mps")."""
+    return str(getattr(device, "type", device) or "cpu").split(":")[0]
+
+
 def resolve_evals(names: list[str], preset: str, overrides: dict[str, dict[str, Any]] | None = None,
-                  ) -> list[PlannedEval]:
-    """The evals named plus their prerequisites, each with its validated config, prerequisites first."""
+                  device: Any = "cpu") -> list[PlannedEval]:
+    """The evals named plus their prerequisites, each with its validated config (sizes for ``device``'s kind
+    under the preset and the user's fields), prerequisites first."""
     overrides = overrides or {}
     if not names:
         raise SaevalError("no evals given: pass --evals core,tpp,... (saeval list evals)")
@@ -45,7 +51,7 @@ def resolve_evals(names: list[str], preset: str, overrides: dict[str, dict[str, 
         if name in configs:
             return
         spec = get_eval(name)
-        configs[name] = spec.config(preset, **overrides.get(name, {}))
+        configs[name] = spec.resolve(preset, overrides.get(name, {}), device_kind(device))
         for dep in spec.prerequisites(configs[name]):
             visit(dep, (*chain, name))
         order.append(name)

@@ -62,7 +62,7 @@ class EvalWorker:
         from saeval.saes.formats import load_sae
 
         r = self.request
-        planned = resolve_evals(r.evals, r.preset, r.overrides)
+        planned = resolve_evals(r.evals, r.preset, r.overrides, r.device)
         store = MemoryStore({(folder, name): rec for name, rec in stored.items()})
         try:
             ctx = self._ctx(hook)
@@ -143,7 +143,7 @@ def execute_ray(request: RunRequest, refs: list[str]) -> list[JobOutcome]:
 
     from saeval.runner.plan import resolve_evals
 
-    planned = resolve_evals(request.evals, request.preset, request.overrides)
+    planned = resolve_evals(request.evals, request.preset, request.overrides, request.device)
     refs = list(refs)
     folders, hooks, outcomes = _name_saes(request, refs)
     store = DiskStore(request.out)

@@ -5,6 +5,7 @@ from saeval.evals.core.config import CoreConfig, CoreDetails, CoreMetrics, CoreR
 
 SPEC = register_eval(EvalSpec(
     name="core",
+    device_sizes={"cuda": {"batch_size": 64, "weight_chunk": 16384}},
     config_cls=CoreConfig,
     result_cls=CoreResult,
     run="saeval.evals.core.run:run",

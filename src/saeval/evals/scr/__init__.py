@@ -12,6 +12,7 @@ SCR_PRESETS = {
 
 SPEC = register_eval(EvalSpec(
     name="scr",
+    device_sizes={"cuda": {"llm_batch_size": 128}},
     config_cls=SCRConfig,
     result_cls=SCRResult,
     run="saeval.evals.scr.run:run",

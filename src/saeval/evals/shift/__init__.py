@@ -5,6 +5,7 @@ from saeval.evals.shift.config import SHIFTConfig, SHIFTDetails, SHIFTMetrics, S
 
 SPEC = register_eval(EvalSpec(
     name="shift",
+    device_sizes={"cuda": {"llm_batch_size": 128}},
     config_cls=SHIFTConfig,
     result_cls=SHIFTResult,
     run="saeval.evals.shift.run:run",

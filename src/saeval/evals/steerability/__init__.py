@@ -12,6 +12,7 @@ from saeval.evals.steerability.config import (
 
 SPEC = register_eval(EvalSpec(
     name="steerability",
+    device_sizes={"cuda": {"batch_size": 128, "max_rows": 2048}},
     config_cls=SteerabilityConfig,
     result_cls=SteerabilityResult,
     run="saeval.evals.steerability.run:run",

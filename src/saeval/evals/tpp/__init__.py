@@ -5,6 +5,7 @@ from saeval.evals.tpp.config import TPPConfig, TPPDetails, TPPMetrics, TPPResult
 
 SPEC = register_eval(EvalSpec(
     name="tpp",
+    device_sizes={"cuda": {"llm_batch_size": 128}},
     config_cls=TPPConfig,
     result_cls=TPPResult,
     run="saeval.evals.tpp.run:run",
