@@ -177,7 +177,8 @@ def guard_metrics(metrics: dict[str, float | None], stats: ReconstructionStats) 
 
 def splice(acts_BLD: Tensor, replacement_BLD: Tensor, mask_BL: Tensor) -> Tensor:
     """``replacement`` at ordinary tokens, the original activation at special ones."""
-    return torch.where(mask_BL[..., None], replacement_BLD.to(acts_BLD.dtype), acts_BLD)
+    mask = mask_BL.to(acts_BLD.device)[..., None]  # masks come from CPU token ids; activations may be on a GPU
+    return torch.where(mask, replacement_BLD.to(acts_BLD.device, acts_BLD.dtype), acts_BLD)
 
 
 ZeroAblationPositions = Literal["all", "ordinary"]
