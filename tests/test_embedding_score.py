@@ -1,6 +1,8 @@
 """Embedding score: delphi quantile sampling, disjoint scoring windows, AUROC vs an independent count, a
 planted latent scored with a known embedding, the query prompt, dead latents, the LLM-explainer path; the eval's
-prerequisites, its typed nested config and its reuse of self_explanation's explanations."""
+prerequisites, its typed nested config and its reuse of self_explanation's explanations; selection=delphi
+(min_examples skip, 40 quantile-sampled explaining windows, disjoint from the scored ones) and the departures
+from delphi shown in the report."""
 
 from __future__ import annotations
 
@@ -17,11 +19,13 @@ from saeval.errors import SaevalError
 from saeval.evals.embedding_score.config import EmbeddingConfig
 from saeval.evals.embedding_score.score import (
     QUERY_PREFIX,
+    delphi_explaining_windows,
     embedding_scores,
     explain_with_llm,
     explaining_windows,
     marked_text,
     quantile_sample,
+    window_examples,
 )
 from saeval.saes.base import SAEConfig, create_sae
 
@@ -161,3 +165,164 @@ def test_eval_scores_self_explanation_results(planted, monkeypatch):
     assert first.explanation == "the word the" and first.auroc == pytest.approx(1.0)
     assert dead.auroc is None and "never fired" in dead.note
     assert "reused self_explanation" in result.details.explainer and result.metrics.n_never_fired == 1
+
+
+# ---------------------------------------------------------------- selection="delphi"
+N_GRADED = 80  # contexts of 65 tokens: 320 windows of 16, so a latent on ~10% of tokens has >= 200 windows
+
+
+@pytest.fixture(scope="module")
+def graded(tiny_host):
+    """Latent 0: a seeded random direction thresholded at its 90th percentile over the corpus tokens, so its
+    window maxima spread over a range and most windows activate; latent 1 fires on ' of' (far fewer windows);
+    latent 2 never. The pass keeps every activating window (reservoir > windows)."""
+    host = tiny_host
+    emb = host.model.get_input_embeddings().weight.detach()
+    contexts = load_contexts(host, "sotu", N_GRADED * 64, ctx_len=65, seed=0)
+    sae = create_sae(SAEConfig(architecture="relu", d_in=host.d_model, d_sae=3, hook_name=HOOK,
+                               apply_b_dec_to_input=False))
+    with torch.no_grad():
+        w = torch.randn(host.d_model, generator=torch.Generator().manual_seed(5))
+        sae.W_enc[:, 0] = w / w.norm()
+        sae.b_enc[0] = -float(torch.quantile(emb[contexts[:, 1:].flatten()] @ sae.W_enc[:, 0], 0.9))
+        t = host.tokenizer(" of", add_special_tokens=False)["input_ids"][0]
+        e = emb[t] / emb[t].norm()
+        others = emb @ e
+        own = float(others[t])
+        others[t] = -1e9
+        sae.W_enc[:, 1] = e
+        sae.b_enc[1] = -(float(others.max()) + own) / 2
+        sae.b_enc[2] = -1e6
+    win = collect_windows(host, [(sae, [0, 1, 2])], contexts, HOOK, window=16, k=10, reservoir=400, n_pool=150,
+                          seed=0)[0]
+    assert win.latents[0].n_active_windows >= 200 > win.latents[1].n_active_windows > 0
+    assert len(win.reservoir[0]) == win.latents[0].n_active_windows  # the reservoir holds them all
+    return host, win, sae
+
+
+def delphi_config(**kw) -> EmbeddingConfig:
+    return EmbeddingConfig(selection="delphi", explainer="local", window=16, ctx_len=65, n_tokens=N_GRADED * 64,
+                           reservoir=400, n_pool=150, n_test=20, n_random=20, **kw)
+
+
+def test_delphi_explaining_windows_span_the_quantiles(graded):
+    """40 windows, 4 from each activation decile of the latent's windows (delphi's split_quantiles), from the
+    strongest to the weakest; seeded."""
+    _, win, _ = graded
+    picked = delphi_explaining_windows(win, [0], 40, 10, seed=0)[0]
+    assert len(picked) == 40 == len(set(picked))
+    ordered = sorted(win.reservoir[0], key=lambda w: (-w[1], w[0]))
+    rank = {w: i for i, (w, _) in enumerate(ordered)}
+    size = len(ordered) // 10
+    assert sorted(rank[w] // size for w in picked) == sorted(list(range(10)) * 4)
+    acts = dict(ordered)
+    top, bottom = ordered[size - 1][1], ordered[9 * size][1]
+    assert max(acts[w] for w in picked) >= top > bottom >= min(acts[w] for w in picked)
+    assert ordered[0][1] > ordered[-1][1]  # a real range of activations, not one value
+    assert delphi_explaining_windows(win, [0], 40, 10, seed=0)[0] == picked
+    assert delphi_explaining_windows(win, [0], 40, 10, seed=1)[0] != picked
+
+
+def test_delphi_scoring_skips_rare_latents_and_excludes_explaining_windows(graded):
+    host, win, _ = graded
+    cfg = delphi_config()
+    shown = delphi_explaining_windows(win, [0], cfg.delphi_n_explain, cfg.n_quantiles)
+    scores = embedding_scores(win, {0: "x", 1: "the word of", 2: ""}, host.tokenizer, KeywordEmbedder(), cfg,
+                              explained=shown)
+    s0 = scores[0]
+    assert s0.n_activating == 20 and s0.explaining_windows == sorted(shown[0])
+    assert set(s0.activating_windows).isdisjoint(shown[0])
+    rare = scores[1]
+    assert rare.auroc is None and rare.n_activating == 0 and "fewer than delphi's min_examples (200)" in rare.note
+    assert "never fired" in scores[2].note
+    # The same latent is scored in saeval mode, and with a lower minimum.
+    assert embedding_scores(win, {1: "of"}, host.tokenizer, KeywordEmbedder(), cfg.model_copy(
+        update={"selection": "saeval"}))[1].auroc is not None
+    low = cfg.model_copy(update={"delphi_min_examples": win.latents[1].n_active_windows})
+    assert embedding_scores(win, {1: "of"}, host.tokenizer, KeywordEmbedder(), low)[1].auroc is not None
+
+
+def test_window_examples_recompute_the_pass_activations(graded):
+    host, win, sae = graded
+    ids = [w for w, _ in win.reservoir[0][:12]]
+    examples = window_examples(host, sae, HOOK, win, {0: ids}, batch_size=4)[0]
+    maxima = dict(win.reservoir[0])
+    for w, ex in zip(ids, examples, strict=True):
+        assert ex.tokens == win.window_tokens(w) and win.window_id(ex) == w
+        assert max(ex.acts) == pytest.approx(maxima[w], rel=1e-4, abs=1e-5)
+
+
+class RecordingChat:
+    def __init__(self):
+        self.prompts: list[str] = []
+
+    def complete(self, prompts, max_new_tokens=48, temperature=0.0):
+        self.prompts += list(prompts)
+        return [" the word the\nmore" for _ in prompts]
+
+
+def test_delphi_mode_run(graded, monkeypatch, tmp_path):
+    """The eval in delphi mode: the rare latent is skipped (noted, counted) before any explainer call; the
+    explainer sees exactly the 40 quantile-sampled windows with their active tokens marked; the scored
+    windows exclude them; the details record the mode and the departures, and the report shows them."""
+    import saeval.evals.embedding_score.run as emb_run
+    import saeval.evals.embedding_score.score as emb_score
+    from saeval.evals import get_eval
+    from saeval.evals.base import EvalContext
+    from saeval.report.html import build_report
+    from saeval.results import write_result
+
+    host, win, sae = graded
+    chat = RecordingChat()
+    monkeypatch.setattr(emb_score, "chat_model", lambda spec, host=None: chat)
+    monkeypatch.setattr(emb_run, "load_embedding_model", lambda name: KeywordEmbedder())
+    config = delphi_config(latents=[0, 1, 2])
+    result = get_eval("embedding_score").run_fn()(EvalContext(host=host, hook=HOOK, preset="tiny"), sae, config)
+    first, rare, dead = result.details.scores
+    assert len(chat.prompts) == 1  # latent 0 only
+    excerpts = re.findall(r"^Excerpt \d+: (.*)$", chat.prompts[0], flags=re.M)
+    expected = delphi_explaining_windows(win, [0], 40, config.n_quantiles, seed=0)[0]
+    assert first.explaining_windows == sorted(expected)
+    assert [e.replace("<<", "").replace(">>", "") for e in excerpts] == [
+        "".join(host.tokenizer.decode([t]) for t in win.window_tokens(w)) for w in expected]
+    assert all("<<" in e for e in excerpts)  # every explaining window activates, so each has a marked token
+    assert first.explanation == "the word the" and set(first.activating_windows).isdisjoint(expected)
+    assert first.n_activating == 20 and first.auroc is not None
+    assert rare.auroc is None and "min_examples" in rare.note and rare.explanation == ""
+    assert dead.auroc is None and "never fired" in dead.note
+    m = result.metrics
+    assert (m.n_latents, m.n_scored, m.n_never_fired, m.n_below_min_examples) == (3, 1, 1, 1)
+    d = result.details
+    assert d.selection == "delphi" and d.anchor == "delphi"
+    assert any("leak" in line for line in d.departures)
+    assert not any("min_examples" in line for line in d.departures)  # delphi's own minimum is applied
+    write_result(tmp_path, result)
+    page = build_report(tmp_path).read_text()
+    assert "Departs from delphi:</b> delphi draws its explaining and scoring examples" in page
+
+
+def test_default_selection_and_its_departures():
+    from saeval.evals.embedding_score.config import departures
+
+    cfg = EmbeddingConfig()
+    assert cfg.selection == "saeval" and (cfg.delphi_min_examples, cfg.delphi_n_explain) == (200, 40)
+    lines = departures(cfg)
+    assert any("min_examples" in x for x in lines) and any("self-explanations" in x for x in lines)
+    assert any("stella" in x for x in lines) and not any("train/test leak" in x for x in lines)  # no window shown
+    llm = departures(EmbeddingConfig(explainer="local"))
+    assert any("train/test leak" in x for x in llm) and any("top 10 windows by max" in x for x in llm)
+    with pytest.raises(ValueError, match="raise reservoir to at least 90"):
+        EmbeddingConfig(selection="delphi", explainer="local", reservoir=60)
+    EmbeddingConfig(selection="delphi", reservoir=60)  # self-explanation shows no window: nothing to hold
+
+
+def test_report_departures_line_reads_any_eval():
+    from saeval.report.html import departures_line
+
+    assert departures_line({"eval": "core", "details": {}}) == ""
+    assert departures_line({"eval": "x", "details": "n/a"}) == ""
+    line = departures_line({"eval": "tpp", "details": {"departures": ["a <b>", "c"]}})
+    assert line == "<p class='note'><b>Departs from SAEBench:</b> a &lt;b&gt;; c</p>"
+    assert "Departs from X lab:" in departures_line({"eval": "new", "details": {"anchor": "X lab",
+                                                                                 "departures": ["d"]}})
+    assert "Departs from its reference:" in departures_line({"eval": "new", "details": {"departures": ["d"]}})

@@ -57,6 +57,32 @@ def metrics_table(records: list[dict[str, Any]]) -> str:
     return table_html(rows, ["sae", *columns])
 
 
+# The implementation each eval is measured against, for evals whose details name no ``anchor`` of their own.
+ANCHORS = {
+    "core": "SAEBench",
+    "embedding_score": "delphi",
+    "scr": "SAEBench",
+    "tpp": "SAEBench",
+    "sparse_probing": "SAEBench",
+    "shift": "Karvonen et al. 2024",
+    "synthetic": "Giglemiani et al. 2024",
+    "self_explanation": "the reference code",
+}
+
+
+def departures_line(record: dict[str, Any]) -> str:
+    """"Departs from <anchor>: ..." from a result's ``details.departures`` (any eval's; empty when it has none),
+    so a reader sees where a number's default differs from the implementation it is compared with."""
+    details = record.get("details")
+    lines = details.get("departures") if isinstance(details, dict) else None
+    if not lines or not isinstance(lines, list):
+        return ""
+    anchor = details.get("anchor") if isinstance(details.get("anchor"), str) else None
+    anchor = anchor or ANCHORS.get(record.get("eval", ""), "its reference")
+    return (f"<p class='note'><b>Departs from {html.escape(anchor)}:</b> "
+            + "; ".join(html.escape(str(line)) for line in lines) + "</p>")
+
+
 def core_section(records: list[dict[str, Any]]) -> str:
     fig = go.Figure()
     for rec in records:
@@ -142,7 +168,7 @@ def build_report(out_dir: Path, path: Path | None = None) -> Path:
         intro = (f"<p class='note'>{html.escape(spec.description if spec else '')} — model "
                  f"{fmt(meta.get('model'))}, preset <b>{fmt(meta.get('preset'))}</b>; config: "
                  f"{html.escape(str(meta.get('config')))}</p>")
-        parts = [f"<h2 id='{name}'>{html.escape(name)}</h2>", intro, metrics_table(recs)]
+        parts = [f"<h2 id='{name}'>{html.escape(name)}</h2>", intro, departures_line(meta), metrics_table(recs)]
         render = spec.report_fn() if spec else None
         if render is not None:
             parts.append(render(recs))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, NonNegativeInt, field_validator
+from typing import Literal
+
+from pydantic import BaseModel, Field, NonNegativeInt, field_validator, model_validator
 
 from saeval.evals.base import EvalConfig
 from saeval.evals.self_explanation.config import SelfExplanationConfig
@@ -30,6 +32,16 @@ class EmbeddingConfig(EvalConfig):
     batch_size: int = Field(8, gt=0, description="contexts per forward pass")
     explainer: str = Field("self", description="self (self-explanation) | local | local:MODEL | openai:MODEL@BASE_URL")
     n_explain_windows: int = Field(10, gt=0, description="top windows (by max) shown to an explainer chat model")
+    selection: Literal["saeval", "delphi"] = Field(
+        "saeval", description="saeval: score every chosen latent that fired, explainer shown its top windows by max; "
+        "delphi: delphi's sampler (latents with fewer than delphi_min_examples activating windows skipped, "
+        "explainer shown delphi_n_explain windows sampled by quantile), its train/test leak fixed")
+    delphi_min_examples: int = Field(
+        200, gt=0, description="selection=delphi: fewest activating windows a scored latent has "
+        "(delphi's min_examples)")
+    delphi_n_explain: int = Field(
+        40, gt=0, description="selection=delphi: windows shown to an explainer chat model, drawn by activation "
+        "quantile from the reservoir (delphi's n_examples_train, train_type quantiles)")
     explain: SelfExplanationConfig = Field(
         default_factory=SelfExplanationConfig,
         description="self-explanation settings for latents the self_explanation eval did not explain")
@@ -42,6 +54,16 @@ class EmbeddingConfig(EvalConfig):
     def _check_explainer(cls, value: str) -> str:
         return check_explainer(value)
 
+    @model_validator(mode="after")
+    def _reservoir_holds_both_sets(self) -> EmbeddingConfig:
+        # delphi mode takes the explaining and the scored windows from one reservoir, disjoint: it must hold both.
+        need = self.delphi_n_explain + self.n_test
+        if self.selection == "delphi" and self.explainer != "self" and self.reservoir < need:
+            raise ValueError(
+                f"selection=delphi draws delphi_n_explain + n_test = {need} windows from the reservoir: "
+                f"raise reservoir to at least {need} (it is {self.reservoir})")
+        return self
+
 
 class LatentScore(BaseModel):
     latent: int
@@ -50,6 +72,8 @@ class LatentScore(BaseModel):
     n_activating: int
     n_non_activating: int
     note: str = Field("", description="why the latent has no AUROC")
+    explaining_windows: list[int] = Field(
+        [], description="window ids shown to the explainer; never among activating_windows")
     activating_windows: list[int] = Field([], description="window ids (see WindowsResult.window_tokens)")
     non_activating_windows: list[int] = []
     activating_similarity: list[float] = []
@@ -60,6 +84,8 @@ class EmbeddingMetrics(BaseModel):
     n_latents: int = Field(description="latents considered")
     n_scored: int = Field(description="latents with an AUROC")
     n_never_fired: int = Field(description="latents that never fired on the scanned tokens")
+    n_below_min_examples: int = Field(
+        0, description="selection=delphi: latents skipped for fewer than delphi_min_examples activating windows")
     mean_auroc: float | None = Field(description="mean AUROC over scored latents")
     median_auroc: float | None = Field(description="median AUROC over scored latents")
     frac_auroc_above_0_5: float | None = Field(description="fraction of scored latents above chance")
@@ -70,10 +96,50 @@ class EmbeddingDetails(BaseModel):
     embedding_model: str
     n_tokens_scanned: int
     scores: list[LatentScore]
+    selection: str = Field("saeval", description="config.selection")
+    anchor: str = Field("delphi", description="the implementation the departures are measured against")
+    departures: list[str] = Field([], description="where this run departs from delphi on purpose, and why")
 
 
 class EmbeddingResult(EvalResult[EmbeddingConfig, EmbeddingMetrics, EmbeddingDetails]):
     pass
+
+
+def departures(config: EmbeddingConfig) -> list[str]:
+    """Where this config departs from delphi on purpose, one line each: delphi's behaviour, saeval's reason."""
+    out = []
+    if config.explainer != "self":
+        out.append(
+            "delphi draws its explaining and scoring examples from the same activating list, so explaining examples "
+            "can reappear among the scored ones (a train/test leak); saeval removes every window the explainer saw "
+            "and draws the scored windows by quantile from the rest (scores[].explaining_windows and "
+            "activating_windows are disjoint)")
+    out.append(
+        "delphi samples from all of a latent's activating examples (up to its top 10,000); saeval from a uniform "
+        f"reservoir of {config.reservoir} activating windows per latent, so one pass over the corpus stays "
+        "O(latents x reservoir)")
+    if config.selection == "saeval":
+        out.append(
+            "delphi scores only latents with at least 200 activating examples (min_examples); saeval scores every "
+            "chosen latent that fired, so rare latents are reported rather than dropped (selection=delphi skips them)")
+        if config.explainer != "self":
+            out.append(
+                "delphi's explainer sees 40 examples sampled by activation quantile; saeval shows the top "
+                f"{config.n_explain_windows} windows by max activation, a short prompt that local explainers handle "
+                "(selection=delphi samples by quantile)")
+    elif (config.delphi_min_examples, config.delphi_n_explain) != (200, 40):
+        out.append(
+            "delphi keeps latents with at least 200 activating examples and shows its explainer 40; this run uses "
+            f"{config.delphi_min_examples} and {config.delphi_n_explain}")
+    if config.explainer == "self":
+        out.append(
+            "delphi explains each latent with an LLM shown activating examples; explainer=self scores the model's "
+            "self-explanations (from the decoder direction, no window shown), so nothing can leak into scoring")
+    if "stella" not in config.embedding_model.lower():
+        out.append(
+            f"the paper embeds with stella_en_400M_v5; this run with {config.embedding_model} (saeval's default, "
+            "all-MiniLM-L6-v2, ships offline)")
+    return out
 
 
 def requires(config: EmbeddingConfig) -> tuple[str, ...]:

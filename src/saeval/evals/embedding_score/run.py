@@ -1,6 +1,11 @@
-"""The embedding_score eval: windows of the chosen latents, their explanations, AUROC per latent."""
+"""The embedding_score eval: windows of the chosen latents, their explanations, AUROC per latent.
+
+``selection="delphi"`` applies delphi's sampler (min_examples, quantile-sampled explainer windows) with its
+train/test leak fixed: see score.py; the result's details list every departure from delphi."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -8,12 +13,21 @@ from saeval.analysis.windows import WindowsResult, collect_windows
 from saeval.data.corpora import load_contexts
 from saeval.errors import SaevalError
 from saeval.evals.base import EvalContext
-from saeval.evals.embedding_score.config import EmbeddingConfig, EmbeddingDetails, EmbeddingMetrics, EmbeddingResult
+from saeval.evals.embedding_score.config import (
+    EmbeddingConfig,
+    EmbeddingDetails,
+    EmbeddingMetrics,
+    EmbeddingResult,
+    departures,
+)
 from saeval.evals.embedding_score.score import (
+    delphi_explaining_windows,
     embedding_scores,
     explain_with_llm,
     explaining_windows,
     load_embedding_model,
+    too_few_examples,
+    window_examples,
 )
 from saeval.evals.self_explanation.explain import memo_self_explain
 from saeval.evals.self_explanation.run import pick_latents
@@ -21,11 +35,24 @@ from saeval.llm import LLMError
 
 
 def get_explanations(
-    ctx: EvalContext, sae, windows: WindowsResult, latents: list[int], config: EmbeddingConfig
+    ctx: EvalContext,
+    sae,
+    windows: WindowsResult,
+    latents: list[int],
+    config: EmbeddingConfig,
+    hook: str = "",
+    shown: dict[int, Sequence[int]] | None = None,
 ) -> dict[int, str]:
+    """Explanations of ``latents``: an explainer chat model is shown their top windows, or in delphi mode the
+    quantile-sampled windows ``shown`` (their per-token activations recomputed to mark the active tokens)."""
     if config.explainer != "self":
+        examples = None
+        if config.selection == "delphi":
+            wanted = {f: (shown or {})[f] for f in latents}
+            examples = window_examples(ctx.host, sae, hook, windows, wanted, config.batch_size)
         try:
-            return explain_with_llm(windows, latents, config.explainer, ctx.host, config.n_explain_windows)
+            return explain_with_llm(windows, latents, config.explainer, ctx.host, config.n_explain_windows,
+                                    examples=examples)
         except LLMError as err:
             raise SaevalError(f"explainer {config.explainer} failed: {err}") from err
     found = memo_self_explain(ctx, sae, latents, config.explain)
@@ -59,13 +86,19 @@ def run(ctx: EvalContext, sae, config: EmbeddingConfig) -> EmbeddingResult:
         f"embedding score {sae.name}: windows",
     )[0]
     live = [f for f in latents if windows.latents[f].fired]
+    # delphi mode skips latents below min_examples before explaining them: no explainer call is spent on them.
+    kept = [f for f in live if not too_few_examples(windows.latents[f], config)]
+    shown: dict[int, Sequence[int]] = {}
+    if config.explainer != "self" and config.selection == "delphi":
+        shown = delphi_explaining_windows(windows, kept, config.delphi_n_explain, config.n_quantiles, ctx.seed)
+    elif config.explainer != "self":
+        shown = explaining_windows(windows, kept, config.n_explain_windows)
     explanations = {f: reuse[f] for f in live if f in reuse}
-    missing = [f for f in live if f not in explanations]
+    missing = [f for f in kept if f not in explanations]
     if missing:
-        explanations.update(get_explanations(ctx, sae, windows, missing, config))
-    explanations.update({f: "" for f in windows.never_fired})
+        explanations.update(get_explanations(ctx, sae, windows, missing, config, hook, shown))
+    explanations.update({f: "" for f in latents if f not in explanations})  # never fired, or skipped
     model = load_embedding_model(config.embedding_model)
-    shown = explaining_windows(windows, live, config.n_explain_windows) if config.explainer != "self" else {}
     scores = embedding_scores(windows, explanations, host.tokenizer, model, config, ctx.seed, shown)
     ordered = [scores[f] for f in latents]
     aurocs = [s.auroc for s in ordered if s.auroc is not None]
@@ -73,6 +106,7 @@ def run(ctx: EvalContext, sae, config: EmbeddingConfig) -> EmbeddingResult:
         n_latents=len(latents),
         n_scored=len(aurocs),
         n_never_fired=len(windows.never_fired),
+        n_below_min_examples=len(live) - len(kept),
         mean_auroc=float(np.mean(aurocs)) if aurocs else None,
         median_auroc=float(np.median(aurocs)) if aurocs else None,
         frac_auroc_above_0_5=float(np.mean([a > 0.5 for a in aurocs])) if aurocs else None,
@@ -82,5 +116,7 @@ def run(ctx: EvalContext, sae, config: EmbeddingConfig) -> EmbeddingResult:
         embedding_model=config.embedding_model,
         n_tokens_scanned=windows.n_tokens,
         scores=ordered,
+        selection=config.selection,
+        departures=departures(config),
     )
     return EmbeddingResult(**ctx.envelope("embedding_score", sae), config=config, metrics=metrics, details=details)

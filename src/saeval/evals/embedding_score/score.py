@@ -10,6 +10,13 @@ used to explain it (delphi's default draws its explaining and scoring sets from 
 quarter of the explaining windows reappear in the test set). Non-activating windows are random windows where
 the latent is zero throughout. Offline the model is all-MiniLM-L6-v2 (the paper used stella_en_400M_v5).
 
+``selection="delphi"`` follows delphi's sampler instead of saeval's defaults: latents with fewer than
+``delphi_min_examples`` (200) activating windows are skipped (noted per latent, counted in the metrics), and an
+explainer chat model is shown ``delphi_n_explain`` (40) windows drawn by activation quantile from the reservoir
+(delphi's train_type "quantiles") rather than the top windows by max. delphi's leak is FIXED in both modes: the
+scored activating windows are drawn from the reservoir minus the explaining windows, so the two sets are disjoint
+(delphi cuts both from one list). Every departure from delphi is listed in details.departures (config.departures).
+
 Explanations come from self-explanation (evals/self_explanation) or from an explainer chat model shown the latent's top
 windows with its active tokens marked (saeval.llm: the local instruct host or an OpenAI-compatible endpoint).
 """
@@ -17,12 +24,13 @@ windows with its active tokens marked (saeval.llm: the local instruct host or an
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from sklearn.metrics import roc_auc_score
 
+from saeval.analysis.window_records import LatentWindows
 from saeval.analysis.windows import ActExample, WindowsResult
 from saeval.errors import SaevalError
 from saeval.evals.embedding_score.config import EmbeddingConfig, LatentScore
@@ -88,6 +96,55 @@ def explaining_windows(windows: WindowsResult, latents: Sequence[int], n_windows
     return {f: {windows.window_id(ex) for ex in windows.latents[f].max[:n_windows]} for f in latents}
 
 
+def delphi_explaining_windows(
+    windows: WindowsResult, latents: Sequence[int], n_explain: int = 40, n_quantiles: int = 10, seed: int = 0
+) -> dict[int, list[int]]:
+    """delphi's explaining set ("quantiles" train type): ``n_explain`` windows per latent drawn evenly from the
+    activation quantiles of its reservoir, strongest quantile first. Each latent has its own seeded draw, so it
+    does not depend on which other latents are scored."""
+    return {
+        f: quantile_sample(windows.reservoir.get(f, []), n_quantiles, n_explain, random.Random(seed * 1_000_003 + f))
+        for f in latents
+    }
+
+
+def too_few_examples(lw: LatentWindows, config: EmbeddingConfig) -> bool:
+    """delphi mode skips latents with fewer activating windows than delphi's min_examples."""
+    return config.selection == "delphi" and lw.n_active_windows < config.delphi_min_examples
+
+
+@torch.inference_mode()
+def window_examples(
+    host, sae, hook: str, windows: WindowsResult, shown: Mapping[int, Sequence[int]], batch_size: int = 8
+) -> dict[int, list[ActExample]]:
+    """The given windows of each latent with per-token activations, recomputed on their contexts: the reservoir
+    keeps only each window's max, and the explainer needs every token's activation to mark the active ones."""
+    wpc, W = windows.windows_per_context, windows.window
+    latents = list(shown)
+    feats = torch.tensor(latents, dtype=torch.long)
+    rows = sorted({w // wpc for ids in shown.values() for w in ids})
+    device = sae.W_enc.device
+    f_by_row: dict[int, torch.Tensor] = {}  # context row -> [L, latents]
+    for s in range(0, len(rows), batch_size):
+        chunk = rows[s : s + batch_size]
+        tokens_BL = windows.contexts_NL[chunk]
+        acts_BLD = host.capture(tokens_BL, [hook])[hook].float()
+        f_BLF = sae.encode(acts_BLD.to(device)).index_select(-1, feats.to(device)).float().cpu()
+        f_BLF *= host.ordinary_mask(tokens_BL).cpu()[..., None]  # special tokens never count, as in the pass
+        f_by_row.update(zip(chunk, f_BLF, strict=True))
+    out: dict[int, list[ActExample]] = {}
+    for j, f in enumerate(latents):
+        out[f] = []
+        for w in shown[f]:
+            ctx, idx = divmod(w, wpc)
+            start = 1 + idx * W
+            tokens = windows.contexts_NL[ctx, start : start + W].tolist()
+            acts_L = f_by_row[ctx][start : start + W, j]
+            out[f].append(ActExample(tokens=tokens, texts=[host.tokenizer.decode([t]) for t in tokens],
+                                     acts=acts_L.tolist(), context=ctx, start=start, score=float(acts_L.max())))
+    return out
+
+
 def explain_with_llm(
     windows: WindowsResult,
     latents: Sequence[int],
@@ -95,14 +152,16 @@ def explain_with_llm(
     host=None,
     n_windows: int = 10,
     max_new_tokens: int = 48,
+    examples: Mapping[int, Sequence[ActExample]] | None = None,
 ) -> dict[int, str]:
-    """One explanation per latent from a chat model shown its top windows (active tokens marked)."""
+    """One explanation per latent from a chat model shown its top windows (active tokens marked), or the
+    ``examples`` given for it (delphi mode: ``window_examples`` of ``delphi_explaining_windows``)."""
     model = chat_model(spec, host)
     prompts = []
     for f in latents:
-        shown = windows.latents[f].max[:n_windows]
-        examples = "\n".join(f"Excerpt {i + 1}: {marked_text(ex)}" for i, ex in enumerate(shown))
-        prompts.append(EXPLAINER_PROMPT.format(examples=examples))
+        shown = examples[f] if examples is not None else windows.latents[f].max[:n_windows]
+        excerpts = "\n".join(f"Excerpt {i + 1}: {marked_text(ex)}" for i, ex in enumerate(shown))
+        prompts.append(EXPLAINER_PROMPT.format(examples=excerpts))
     replies = model.complete(prompts, max_new_tokens=max_new_tokens, temperature=0.0)
     return {f: r.strip().split("\n")[0].strip() for f, r in zip(latents, replies, strict=True)}
 
@@ -119,7 +178,8 @@ def embedding_scores(
     """AUROC per latent; windows are embedded once even when several latents use them.
 
     ``explained``: per latent, the windows its explainer saw (excluded from scoring). Self-explanation sees
-    no window, so nothing is excluded then; an explainer LLM sees ``explaining_windows``."""
+    no window, so nothing is excluded then; an explainer LLM sees ``explaining_windows`` (or, in delphi mode,
+    ``delphi_explaining_windows``). In delphi mode latents below ``delphi_min_examples`` are skipped."""
     rng = random.Random(seed)
     plan: dict[int, tuple[list[int], list[int], str]] = {}
     for f, explanation in explanations.items():
@@ -129,7 +189,11 @@ def embedding_scores(
         if not lw.fired:
             plan[f] = ([], [], "latent never fired on the scanned corpus")
             continue
-        shown = (explained or {}).get(f, set())
+        if too_few_examples(lw, config):
+            plan[f] = ([], [], f"skipped: {lw.n_active_windows} activating windows, fewer than delphi's "
+                       f"min_examples ({config.delphi_min_examples})")
+            continue
+        shown = set((explained or {}).get(f, ()))
         held_out = [(w, m) for w, m in windows.reservoir.get(f, []) if w not in shown]
         act = quantile_sample(held_out, config.n_quantiles, config.n_test, rng)
         zero = [w for w, m in zip(windows.pool_ids, windows.pool_max.get(f, []), strict=True) if m == 0]
@@ -166,6 +230,7 @@ def embedding_scores(
             n_activating=len(act),
             n_non_activating=len(non),
             note=note,
+            explaining_windows=sorted((explained or {}).get(f, ())),
             activating_windows=act,
             non_activating_windows=non,
             activating_similarity=sims_a,
