@@ -1,9 +1,10 @@
-"""Self-explanation: prompt placeholders, sweep metrics vs an independent full forward, prefill-only
-replacement under left padding, failure flag, bad input, the registered eval's latent choice from core's
-densities and its config checks; one real SmolLM2 check."""
+"""Self-explanation: prompt placeholders, sweep metrics vs an independent full forward, the reference mode's
+formulas vs NumPy, prefill-only replacement under left padding, failure flag and threshold, bad input, the
+registered eval's latent choice from core's densities and its config checks; one real SmolLM2 check."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,12 +13,15 @@ from saeval.errors import SaevalError
 from saeval.evals.self_explanation.config import SelfExplanationConfig, SelfExplanationResult
 from saeval.evals.self_explanation.explain import (
     build_prompt,
+    chosen_index,
     extract_explanation,
     generate_with_vectors,
     left_pad,
     placeholder_intervention,
+    ranking_metric,
     scale_sweep,
     self_explain,
+    text_metric_indices,
 )
 from saeval.saes.base import SAEConfig, create_sae
 
@@ -41,24 +45,29 @@ def test_prompt_placeholders(tiny_host):
         build_prompt(tiny_host, "poem")
 
 
+def full_forward(host, cfg, vec):
+    """Next-token log-probs and probe residual at the last position, X replaced by vec: a plain forward."""
+    ids, pos = build_prompt(host, cfg.template)
+
+    def fn(acts):
+        acts = acts.clone()
+        acts[:, pos] = vec
+        return acts
+
+    store: list = []
+    logits = host.forward(torch.tensor([ids]), interventions={cfg.rep_hook: fn}, captures={cfg.probe_hook: store})
+    return F.log_softmax(logits[0, -1].double(), -1), store[0][0, -1].double()
+
+
 def test_sweep_matches_independent_full_forward(tiny_host):
     host = tiny_host
     cfg = SelfExplanationConfig(n_search_scales=3, max_scale=30.0, **TINY)
     d = F.normalize(torch.randn(host.d_model, generator=torch.Generator().manual_seed(1)), dim=0)
     sweep = scale_sweep(host, d[None], cfg)[0]
-    ids, pos = build_prompt(host, "repeat")
-    tokens = torch.tensor([ids])
     mean_emb = F.normalize(host.model.get_input_embeddings().weight.detach().float().mean(0), dim=0)
 
     def run(vec):
-        def fn(acts):
-            acts = acts.clone()
-            acts[:, pos] = vec
-            return acts
-
-        store: list = []
-        logits = host.forward(tokens, interventions={cfg.rep_hook: fn}, captures={cfg.probe_hook: store})
-        return F.log_softmax(logits[0, -1].double(), -1), store[0][0, -1].double()
+        return full_forward(host, cfg, vec)
 
     lp0, r0 = run(torch.zeros(host.d_model))
     lp_base, _ = run(mean_emb)
@@ -73,14 +82,66 @@ def test_sweep_matches_independent_full_forward(tiny_host):
     assert sweep.chosen_scale == sweep.scales[max(range(3), key=lambda j: sweep.selfsim[j])]
 
 
+def test_reference_mode_reproduces_the_reference_formulas(tiny_host):
+    """selfsim='reference': the batch-norm self-similarity equals a NumPy reimplementation over independent full
+    forwards, the chosen scale is scales[argmax(selfsim[1:]) - 1] and the filter reads the sweep's maximum."""
+    host = tiny_host
+    cfg = SelfExplanationConfig(n_search_scales=5, max_scale=40.0, selfsim="reference", **TINY)
+    d = F.normalize(torch.randn(host.d_model, generator=torch.Generator().manual_seed(1)), dim=0)
+    sweep = scale_sweep(host, d[None], cfg)[0]
+    scales = np.linspace(0.0, 40.0, 5)
+    R = np.stack([full_forward(host, cfg, float(s) * d)[1].numpy() for s in scales])  # [scales, d_model]
+    dn = d.double().numpy()
+    sim = R @ dn / np.linalg.norm(R) / np.linalg.norm(dn)  # the norm of the whole batch, as the reference
+    want = sim - sim[0]
+    np.testing.assert_allclose(sweep.selfsim, want, atol=1e-5)
+    assert sweep.chosen_scale == pytest.approx(scales[np.argmax(want[1:]) - 1])
+    assert sweep.max_selfsim == pytest.approx(want[np.argmax(want[1:]) - 1], abs=1e-5)
+    assert sweep.failed == (not max(want) > 0.01)
+    cosine = scale_sweep(host, d[None], cfg.model_copy(update={"selfsim": "cosine"}))[0]
+    rows = np.linalg.norm(R, axis=1)
+    np.testing.assert_allclose(cosine.selfsim, R @ dn / rows - R[0] @ dn / rows[0], atol=1e-4)  # per row
+    assert cosine.chosen_scale == scales[int(np.argmax(cosine.selfsim))] != sweep.chosen_scale
+
+
+def test_reference_scale_index_and_text_to_metric_index():
+    assert chosen_index(np.array([0.0, 1.0, 3.0, 2.0]), "cosine") == 2
+    assert chosen_index(np.array([0.0, 1.0, 3.0, 2.0]), "reference") == 0  # argmax(selfsim[1:]) - 1 = 1 - 1
+    assert chosen_index(np.array([0.0, 5.0, 1.0, 2.0]), "reference") == 3  # -1: the last scale, as in Python
+    gen, search = np.linspace(0, 200, 32), np.linspace(0, 200, 64)
+    ref, near = text_metric_indices(gen, search, "reference"), text_metric_indices(gen, search, "cosine")
+    assert ref == [int(i / 32 * 64) for i in range(32)]
+    assert near == [int(np.abs(search - s).argmin()) for s in gen]
+    assert sum(a != b for a, b in zip(ref, near, strict=True)) == 16  # half the texts read another scale
+
+
+def test_reference_mode_scores_texts_by_position(tiny_host):
+    """Three grid texts on five search scales: the reference reads sweep indices 0, 1, 3 (int formula), cosine
+    mode the nearest scales 0, 2, 4."""
+    sae = tiny_sae(tiny_host)
+    base = dict(n_search_scales=5, n_generation_scales=3, max_new_tokens=2, max_scale=50.0, **TINY)
+    for mode, want in (("reference", [0, 1, 3]), ("cosine", [0, 2, 4])):
+        out = self_explain(tiny_host, sae, [0], SelfExplanationConfig(selfsim=mode, **base))[0]
+        metric = ranking_metric(out.sweep, 0.4)
+        assert [g.scale for g in out.generations] == [0.0, 25.0, 50.0]
+        assert [g.metric for g in out.generations] == pytest.approx([float(metric[k]) for k in want])
+
+
 def test_zero_direction_is_flagged_failed(tiny_host):
     sae = tiny_sae(tiny_host)
     with torch.no_grad():
         sae.W_dec[2] = 0.0  # no direction: nothing to inject, self-similarity stays 0
-    cfg = SelfExplanationConfig(n_search_scales=4, n_generation_scales=2, max_new_tokens=3, max_scale=50.0, **TINY)
+    cfg = SelfExplanationConfig(n_search_scales=4, n_generation_scales=2, max_new_tokens=3, max_scale=50.0,
+                                selfsim_threshold=0.01, **TINY)
     out = self_explain(tiny_host, sae, [0, 2], cfg)
     assert out[1].sweep.failed and out[1].sweep.max_selfsim == pytest.approx(0.0, abs=1e-6)
     assert out[0].sweep.max_selfsim > 0.01 and not out[0].sweep.failed  # the residual stream carries x forward
+    # The default threshold is the reference's 0.01 in cosine units, 0.08: this latent's ~0.03 fails it.
+    assert SelfExplanationConfig().threshold()[0] == pytest.approx(0.08)
+    assert SelfExplanationConfig(selfsim="reference").threshold()[0] == 0.01
+    default = scale_sweep(tiny_host, F.normalize(sae.W_dec[:1].detach(), dim=-1),
+                          cfg.model_copy(update={"selfsim_threshold": None}))[0]
+    assert default.max_selfsim == pytest.approx(out[0].sweep.max_selfsim) and default.failed
     assert len(out[0].generations) == 2 and [g.scale for g in out[0].generations] == [0.0, 50.0]  # the grid
     best = self_explain(tiny_host, sae, [0], cfg.model_copy(update={"generation_scales": "best"}))[0]
     scales = [g.scale for g in best.generations]
@@ -152,6 +213,10 @@ def test_eval_draws_live_latents_from_core(tiny_host):
     assert [e.latent for e in result.details.explanations] == [1, 3] and result.metrics.n_latents == 2
     assert all(len(e.sweep.scales) == 4 for e in result.details.explanations)  # the tiny preset's sweep
     assert SelfExplanationResult.model_validate(result.model_dump(mode="json")) == result
+    d = result.details
+    assert d.selfsim == "cosine" and d.selfsim_threshold == pytest.approx(0.08)
+    assert "sqrt(64)" in d.selfsim_threshold_derivation
+    assert any("whole batch of 64" in x for x in d.departures) and len(d.departures) == 5
 
 
 def test_config_checks():
@@ -164,6 +229,11 @@ def test_config_checks():
         spec.config(min_scale=10.0, max_scale=5.0)
     with pytest.raises(SaevalError, match="n_search_scales"):
         spec.config(n_search_scales=0)
+    with pytest.raises(SaevalError, match="generation_scales='grid'"):
+        spec.config("demo", selfsim="reference")  # the demo preset generates at the best scales
+    with pytest.raises(SaevalError, match="n_search_scales >= 2"):
+        spec.config(selfsim="reference", n_search_scales=1)
+    assert spec.config("tiny", selfsim="reference").selfsim == "reference"
     assert all(f.description for f in SelfExplanationConfig.model_fields.values())
 
 
@@ -176,8 +246,10 @@ def test_smollm2_repeats_an_injected_word(smollm2):
     sae = create_sae(SAEConfig(architecture="relu", d_in=host.d_model, d_sae=1))
     with torch.no_grad():
         sae.W_dec[0] = resid
+    # Its cosine peaks near 0.07: under the reference-equivalent default (0.08) it would be flagged, though
+    # the explanation is right; 0.01 keeps this check about the generation.
     cfg = SelfExplanationConfig(n_search_scales=4, n_generation_scales=2, min_scale=60.0, max_scale=140.0,
-                                max_new_tokens=5)
+                                max_new_tokens=5, selfsim_threshold=0.01)
     out = self_explain(host, sae, [0], cfg)[0]
     assert not out.sweep.failed and out.sweep.chosen_scale > 60.0
     assert any("elephant" in e.lower() for e in out.best), out.best

@@ -1,5 +1,6 @@
-"""Synthetic-activations eval: step construction, MS step, plateau, target constructions, the cached runner
-against plain forwards, bad inputs, and a tiny end-to-end run."""
+"""Synthetic-activations eval: step construction, MS step, plateau, target constructions (saeval's rules and
+teren's, each teren rule on small inputs and against a literal reading of its code), the cached runner against
+plain forwards, bad inputs, and tiny end-to-end runs."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from saeval.analysis.synthetic_targets import baseline_latents, fit_gaussian, structured_latents
+from saeval.analysis.synthetic_targets import (
+    baseline_latents,
+    fit_gaussian,
+    structured_latents,
+    teren_baseline_latents,
+    teren_structured_latents,
+)
 from saeval.errors import SaevalError
 from saeval.evals.base import EvalContext
 from saeval.evals.core.config import CoreDetails, CoreResult
@@ -22,6 +29,7 @@ from saeval.evals.synthetic.run import (
     curve_values,
     max_slope_step,
     plateau_length,
+    plateau_on_grid,
     relative_steps,
     run,
 )
@@ -78,6 +86,30 @@ def test_plateau_length_is_the_first_crossing():
     assert plateau_length(np.array([0, 1, 2]), 20.0) == (3, True)
 
 
+def test_teren_ms_step_ties_go_to_the_last_index():
+    """teren's argsort(nan_to_num(slopes))[::-1][0], read with a stable sort: the last tied maximum."""
+    rise_first = np.array([0.0, 3.0, 4.0, 4.5])  # s_0 = s_1 = 3
+    assert max_slope_step(rise_first) == 0 and max_slope_step(rise_first, ties="last") == 1
+    assert max_slope_step(0.5 * np.arange(10.0), ties="last") == 9
+    assert max_slope_step(np.linspace(0, 0.5, 100), ties="last") == 99  # the floor still applies
+    assert max_slope_step(np.array([0.0, 1.0, np.nan, 1.0, 2.5]), ties="last") == 4  # NaN slopes count 0
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # integer slopes: many ties
+        curve = np.cumsum(rng.integers(0, 4, 12)).astype(float)
+        slopes = np.diff(curve)
+        slopes = np.r_[slopes[:1], slopes]
+        want = np.argsort(np.nan_to_num(slopes), kind="stable")[::-1][0] if (slopes > 0.02).any() else 99
+        assert max_slope_step(curve, ties="last") == want
+
+
+def test_teren_plateau_threshold_and_censored_value():
+    curve = np.linspace(0, 15, 30)  # cut short at its target before reaching 20
+    assert plateau_on_grid(curve, 20.0, 100, "teren") == (100.0, True)
+    assert plateau_on_grid(curve, 20.0, 100, "saeval") == (30.0, True)
+    assert plateau_on_grid(curve, 10.0, 100, "teren") == plateau_on_grid(curve, 10.0, 100, "saeval") == (20.0, False)
+    assert plateau_on_grid(np.linspace(0, 15, 30), 20.0, 50, "teren") == (100.0, True)  # 100 on any grid
+
+
 # ------------------------------------------------------------------------------------------ targets
 def test_baseline_replaces_each_latent_within_its_density_neighbourhood():
     rng = np.random.default_rng(0)
@@ -107,6 +139,119 @@ def test_baseline_skips_dead_latents():
     f = np.array([1.0, 0, 0, 0, 0, 0])
     out = baseline_latents(f, log10, live, 1, np.random.default_rng(0))
     assert out[1] == 1.0  # latent 2 is closer in density but dead
+
+
+# teren's rules (jettjaniak/teren, explorations, experiment_plateaus.ipynb), read literally: torch sorts,
+# ``nonzero()`` order, the baseline's in-place updates and its set of 0-d tensors (which never excludes).
+def teren_bag_of_features_literal(f, sparsity, top_k):
+    feature_acts = torch.tensor(f)
+    feature_sparsities = torch.tensor(sparsity)
+    selected = set()
+    for feat_id in feature_acts.nonzero().ravel():
+        act = feature_acts[feat_id].clone()
+        _, order = torch.sort(abs(feature_sparsities - feature_sparsities[feat_id]), stable=True)
+        allowed = [g for g in order if g != feat_id and g not in selected]
+        pick = allowed[:top_k][0]  # top_k = 1: no draw
+        selected.add(pick)
+        feature_acts[feat_id] = 0
+        feature_acts[pick] = act
+    return feature_acts.numpy()
+
+
+def teren_homeschooled_v2_literal(f, sparsity, W, pool, target_cos):
+    feature_acts, feature_sparsities = torch.tensor(f), torch.tensor(sparsity)
+    active = feature_acts.nonzero().ravel()
+    top = feature_acts.argsort(stable=True)[-1]
+    spars = abs(feature_sparsities - feature_sparsities[top])
+    spars[top] = torch.inf
+    cands = spars.argsort(stable=True)[:pool]
+    sims = F.cosine_similarity(W[top], W[cands]).double()
+    anchor = cands[abs(sims - target_cos).argsort(stable=True)[0]]
+    anchor_sims = F.cosine_similarity(W[anchor], W).double()
+    top_sims = F.cosine_similarity(W[top], W[active]).double()
+    ids, vals = [], []
+    for i, f_id in enumerate(active):
+        _, order = abs(anchor_sims - top_sims[i]).sort(stable=True)
+        for g in order:
+            if g in ids:
+                continue
+            ids.append(g.item())
+            vals.append(feature_acts[f_id].item())
+            break
+    out = torch.zeros(len(f), dtype=torch.float64)
+    out[ids] = torch.tensor(vals, dtype=torch.float64)
+    return out.numpy(), int(anchor)
+
+
+def test_teren_neighbours_are_nearest_in_linear_density():
+    density = np.array([1e-2, 1e-3, 5e-2, 0.5, 0.9])  # latent 0: 1e-3 is nearer linearly, 5e-2 in log10
+    f = np.array([1.0, 0, 0, 0, 0])
+    with np.errstate(divide="ignore"):
+        log10 = np.log10(density)
+    live = np.ones(5, dtype=bool)
+    assert np.flatnonzero(baseline_latents(f, log10, live, 1, np.random.default_rng(0))).tolist() == [2]
+    assert np.flatnonzero(teren_baseline_latents(f, density, 1, np.random.default_rng(0))).tolist() == [1]
+
+
+def test_teren_replacements_may_be_dead_or_active_and_repeat():
+    rng = np.random.default_rng(0)
+    dead = np.array([1e-6, 0.0, 1e-4, 0.3, 0.6])  # latent 1 never fires: the nearest to latent 0 in linear density
+    f = np.array([2.0, 0, 0, 0, 0])
+    assert teren_baseline_latents(f, dead, 1, rng)[1] == 2.0
+    assert baseline_latents(f, np.log10(np.maximum(dead, 1e-12)), dead > 0, 1, rng)[1] == 0.0
+    # Two active latents: 0's nearest is the active 1, whose (overwritten) value then moves on to 0: its own
+    # value 2.0 is lost, in place as teren's code runs.
+    density = np.array([0.10, 0.11, 0.30, 0.31, 0.5, 0.9])
+    f = np.array([3.0, 2.0, 0, 0, 0, 0])
+    assert teren_baseline_latents(f, density, 1, rng).tolist() == [3.0, 0, 0, 0, 0, 0]
+    # Two active latents with the same nearest neighbour both write to it (teren's used-set never excludes).
+    density = np.array([0.50, 0.51, 0.52, 0.9, 0.1])
+    f = np.array([1.0, 0, 2.0, 0, 0])
+    assert teren_baseline_latents(f, density, 1, rng).tolist() == [0, 2.0, 0, 0, 0]
+    out = baseline_latents(f, np.log10(density), np.ones(5, dtype=bool), 1, rng)  # saeval: distinct, unused
+    assert sorted(out[out > 0].tolist()) == [1.0, 2.0] and not out[[0, 2]].any()
+
+
+def test_teren_constructions_match_a_literal_reading_of_its_code():
+    rng = np.random.default_rng(3)
+    F_, D = 120, 16
+    W = F.normalize(torch.randn(F_, D, generator=torch.Generator().manual_seed(3)), dim=-1).double()
+    for _ in range(20):
+        density = rng.permutation(np.r_[np.zeros(1), rng.uniform(1e-5, 0.2, F_ - 1)])  # one dead latent
+        f = np.zeros(F_)
+        f[rng.choice(F_, 9, replace=False)] = rng.uniform(0.5, 3, 9)
+        np.testing.assert_array_equal(teren_baseline_latents(f, density, 1, rng),
+                                      teren_bag_of_features_literal(f, density, 1))
+        out, anchor = teren_structured_latents(f, density, W, pool=30, anchor_cos=0.1)
+        want, want_anchor = teren_homeschooled_v2_literal(f, density, W, 30, 0.1)
+        assert anchor == want_anchor
+        np.testing.assert_array_equal(out, want)
+    # Uniform over the ten nearest in linear density, itself excluded and nothing else (active ones included).
+    density = np.linspace(0.0, 0.2, 40)
+    f = np.zeros(40)
+    f[[20, 21]] = [1.0, 1.0]
+    seen = {int(np.flatnonzero(teren_baseline_latents(f, density, 10, rng) == 1.0)[-1]) for _ in range(300)}
+    assert seen <= set(range(15, 27)) and {20, 21} & seen  # the ten around each, active ones included
+
+
+def test_teren_structured_goes_in_index_order_so_an_earlier_latent_can_take_the_anchor():
+    D = 8
+    basis = torch.eye(D, dtype=torch.float64)
+    W = torch.zeros(10, D, dtype=torch.float64)
+    top, early, anchor = 5, 2, 7
+    W[top] = basis[0]
+    W[early] = 0.99 * basis[0] + (1 - 0.99**2) ** 0.5 * basis[1]  # cos(top, early) = 0.99
+    W[anchor] = 0.42 * basis[0] + (1 - 0.42**2) ** 0.5 * basis[2]
+    for j in (0, 1, 3, 4, 6, 8, 9):
+        W[j] = basis[3 + j % 5]
+    f = np.zeros(10)
+    f[[early, top]] = [1.0, 4.0]
+    density = np.full(10, 0.5)
+    density[[top, anchor]] = [0.1, 0.1001]  # the anchor is the top latent's nearest neighbour in density
+    out, chosen = teren_structured_latents(f, density, W, pool=1, anchor_cos=0.42)
+    assert chosen == anchor and out[anchor] == 1.0  # cos(anchor, anchor) = 1 is closest to 0.99: stolen
+    mine, mine_anchor = structured_latents(f, np.log10(density), np.ones(10, dtype=bool), W, pool=1, anchor_cos=0.42)
+    assert mine_anchor == anchor and mine[anchor] == 4.0  # saeval: the top latent always takes the anchor
 
 
 def test_structured_picks_the_anchor_and_matches_cosines():
@@ -275,6 +420,21 @@ def test_tiny_run_is_deterministic_and_reuses_core_densities(tiny_runs):
         assert all(len(v) == n and all(0 <= x <= 99 for x in v) for v in stats.per_sample.values())
     assert d.plateau is not None and d.plateau_threshold == pytest.approx(0.1 * d.final_resid_norm_median)
     assert d.step_size == pytest.approx(d.median_real_distance / 100)  # "auto" in the tiny preset
+
+
+def test_tiny_run_records_departures_and_teren_mode_applies_its_rules(tiny_host, tiny_runs):
+    first, *_ = tiny_runs
+    assert first.details.reference == "saeval" and len(first.details.departures) == 6
+    assert any("linear densities" in x for x in first.details.departures)
+    ctx = EvalContext(host=tiny_host, hook=HOOK, corpus="sotu", preset="tiny")
+    teren = run(ctx, random_sae(), SPEC.config("tiny", reference="teren"))
+    d = teren.details
+    assert d.reference == "teren" and d.plateau_threshold == 20.0 and "teren" in d.plateau_threshold_derivation
+    # The tiny host's final residual norms (~0.3) never reach 20: every plateau is censored and counts 100
+    # (saeval's rules count the curve's length on the grid instead).
+    assert set(d.plateau_censored_fraction.values()) == {1.0}
+    assert all(v == 100.0 for values in d.plateau.per_sample.values() for v in values)
+    assert d.departures and "ties" in d.departures[0]
 
 
 def test_memo_shared_across_saes_changes_nothing(tiny_runs):

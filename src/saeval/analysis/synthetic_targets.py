@@ -2,7 +2,22 @@
 
 Latent log-densities (one corpus pass, or the core eval's), the Gaussian fitted to real activations, and the
 two synthetic constructions built from a base activation's active latents: the "bag of latents" baseline and
-the cosine-structured variant.
+the cosine-structured variant, each in saeval's rules and in teren's (jettjaniak/teren, branch explorations,
+notebooks/experiment_plateaus.ipynb: synthetic_perturbation_bag_of_features and
+synthetic_perturbation_homeschooled_v2) as its code runs:
+
+- density neighbours: saeval compares log10 densities; teren linear ones (10 ** log sparsity), where every
+  rare latent's nearest neighbours are the dead and near-dead ones (density ~ 0);
+- replacements: saeval draws among unused live latents, never another active one; teren among all latents
+  but the replaced one, dead and active included;
+- order: saeval replaces the largest latents first (the top one by the anchor); teren in ascending latent
+  index (``nonzero()``), the top latent included, so an earlier latent may take the anchor;
+- teren's baseline rewrites the latent vector in place (a replacement that is an active latent processed
+  later carries the earlier value on), and its set of used replacements holds 0-d tensors, which hash by
+  identity, so it never excludes anything: replacements can repeat (the later value wins). Its structured
+  variant keeps a list of ints, which does exclude used ones.
+
+Ties in teren's (unstable) sorts are broken here by latent index.
 """
 
 from __future__ import annotations
@@ -34,6 +49,10 @@ class LatentDensity:
     @property
     def n_live(self) -> int:
         return int(self.live_F.sum())
+
+    def linear(self) -> np.ndarray:
+        """Firing frequencies (0 where never seen): teren's density scale."""
+        return np.power(10.0, self.log10_F)
 
     def reference_log10(self) -> np.ndarray:
         """log10 densities with never-seen latents put just below the resolution of the pass (half a firing),
@@ -199,3 +218,41 @@ def structured_latents(f_F: np.ndarray, log10_F: np.ndarray, live_F: np.ndarray,
 
 def unit_decoder(sae) -> Tensor:
     return F.normalize(sae.W_dec.detach().float(), dim=-1)
+
+
+def teren_baseline_latents(f_F: np.ndarray, density_F: np.ndarray, pool: int, rng: np.random.Generator) -> np.ndarray:
+    """teren's bag of latents: in ascending latent index, the current value of each active latent moves to one
+    drawn uniformly from the ``pool`` latents nearest it in linear density (itself excluded, nothing else),
+    in place."""
+    out = f_F.copy()
+    everyone = np.ones(len(f_F), dtype=bool)
+    for a in np.flatnonzero(f_F > 0):
+        value = out[a]  # an earlier move may have written here
+        out[a] = 0.0
+        everyone[a] = False
+        candidates = _nearest_available(density_F, density_F[a], everyone, pool)
+        everyone[a] = True
+        out[candidates[rng.integers(len(candidates))]] = value
+    return out
+
+
+def teren_structured_latents(f_F: np.ndarray, density_F: np.ndarray, W_unit_FD: Tensor, pool: int,
+                             anchor_cos: float) -> tuple[np.ndarray, int]:
+    """teren's cosine-structured construction: the anchor c is, among the ``pool`` latents nearest the top
+    latent t in linear density (t excluded), the one whose cosine to t is closest to ``anchor_cos``; then, in
+    ascending latent index with t included, each active f goes to the not yet chosen latent (any latent)
+    whose cosine to c is closest to cos(t, f). Values are kept. Returns the latent vector and the anchor."""
+    out = np.zeros_like(f_F)
+    top = int(np.argsort(f_F, kind="stable")[-1])
+    others = np.ones(len(f_F), dtype=bool)
+    others[top] = False
+    candidates = _nearest_available(density_F, density_F[top], others, pool)
+    cos_t_F = (W_unit_FD @ W_unit_FD[top]).double().cpu().numpy()
+    anchor = int(_nearest_available(cos_t_F, anchor_cos, np.isin(np.arange(len(f_F)), candidates), 1)[0])
+    cos_c_F = (W_unit_FD @ W_unit_FD[anchor]).double().cpu().numpy()
+    free = np.ones(len(f_F), dtype=bool)
+    for a in np.flatnonzero(f_F > 0):
+        choice = int(_nearest_available(cos_c_F, cos_t_F[a], free, 1)[0])
+        out[choice] = f_F[a]
+        free[choice] = False
+    return out, anchor

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, Field, NonNegativeInt, model_validator
@@ -15,6 +16,13 @@ TEMPLATES: dict[str, tuple[str, str]] = {
     "meaning": ('What is the meaning of the word "X"?', 'The meaning of the word "X" is "'),
 }
 PLACEHOLDER = "X"
+# The reference's filter (rate_new.py: max self-similarity > 0.01) on its self-similarity, which divides by the
+# norm of the whole batch of PICK_BATCH = 64 sweep residuals: with rows of about equal norm that is sqrt(64) = 8
+# times a row's norm, so its 0.01 is 0.08 in cosine units. Measured on SmolLM2-135M with a demo SAE (8 random
+# latents, 64 scales): max cosine / max reference value = 7.6 to 8.4, and the two filters agreed on all 8.
+REFERENCE_THRESHOLD = 0.01
+REFERENCE_BATCH = 64
+COSINE_THRESHOLD = REFERENCE_THRESHOLD * math.sqrt(REFERENCE_BATCH)
 
 
 class SelfExplanationConfig(EvalConfig):
@@ -33,8 +41,15 @@ class SelfExplanationConfig(EvalConfig):
     generations_per_scale: int = Field(1, gt=0, description="sampled explanations per generation scale")
     max_new_tokens: int = Field(64, gt=0, description="tokens generated per explanation")
     temperature: float = Field(1.0, ge=0, description="sampling temperature of the generations (0: greedy)")
-    selfsim_threshold: float = Field(
-        0.01, description="a latent whose self-similarity never exceeds this is flagged as failed")
+    selfsim: Literal["cosine", "reference"] = Field(
+        "cosine", description="cosine: per-row cosine of the probe residual with the decoder row, scale at the "
+        "argmax, each text scored at its nearest search scale; reference: micrlhf-progress's quirks (divides by "
+        "the norm of the whole sweep batch, scale at argmax(selfsim[1:]) - 1, text i scored at sweep index "
+        "int(i / len(texts) * len(metric))), for comparison with its numbers")
+    selfsim_threshold: float | None = Field(
+        None, description="a latent whose self-similarity never exceeds this is flagged as failed; None: 0.01 x "
+        "sqrt(64) = 0.08 in cosine mode (the reference's 0.01 on its batch-normalised values, in cosine units), "
+        "0.01 in reference mode")
     alpha: float = Field(0.4, ge=0, le=1,
                          description="weight of self-similarity against cross-entropy when ranking generations")
     n_best: int = Field(3, gt=0, description="explanations kept per latent, best first")
@@ -47,18 +62,39 @@ class SelfExplanationConfig(EvalConfig):
     def _scale_range(self) -> SelfExplanationConfig:
         if self.max_scale <= self.min_scale:
             raise ValueError(f"max_scale ({self.max_scale}) must exceed min_scale ({self.min_scale})")
+        if self.selfsim == "reference" and self.generation_scales != "grid":
+            # Its int(i / len(texts) * len(metric)) assumes the texts follow the grid's order.
+            raise ValueError("selfsim='reference' maps texts to sweep metrics by their order on the grid: use "
+                             "generation_scales='grid'")
+        if self.selfsim == "reference" and self.n_search_scales < 2:
+            raise ValueError("selfsim='reference' picks the scale by argmax(selfsim[1:]) - 1: use "
+                             "n_search_scales >= 2")
         return self
+
+    def threshold(self) -> tuple[float, str]:
+        """The failure threshold in use and where it comes from."""
+        if self.selfsim_threshold is not None:
+            return self.selfsim_threshold, "set in the config (selfsim_threshold)"
+        if self.selfsim == "reference":
+            return REFERENCE_THRESHOLD, "the reference's 0.01 (rate_new.py), on its batch-normalised values"
+        return COSINE_THRESHOLD, (
+            f"the reference's {REFERENCE_THRESHOLD:g} x sqrt({REFERENCE_BATCH}): it divides by the norm of a "
+            f"batch of {REFERENCE_BATCH} residuals, about sqrt({REFERENCE_BATCH}) times a row's norm, so its "
+            f"{REFERENCE_THRESHOLD:g} is about {COSINE_THRESHOLD:g} in cosine units")
 
 
 class ScaleSweep(BaseModel):
     scales: list[float] = Field(description="the search scales")
-    selfsim: list[float] = Field(description="self-similarity at each scale, minus its value at scale 0")
+    selfsim: list[float] = Field(description="self-similarity at each scale, minus its value at scale 0 "
+                               "(reference mode: at the sweep's first scale)")
     entropy: list[float] = Field(description="next-token entropy at each scale, minus its value at scale 0")
     crossent: list[float] = Field(description="cross-entropy against the mean-embedding baseline at each scale")
-    chosen_scale: float | None = Field(description="the scale of maximal self-similarity")
-    max_selfsim: float | None = Field(description="self-similarity at the chosen scale")
+    chosen_scale: float | None = Field(
+        description="the scale of maximal self-similarity (reference mode: argmax(selfsim[1:]) - 1)")
+    max_selfsim: float | None = Field(
+        description="self-similarity at the chosen scale (cosine mode: the sweep's maximum)")
     entropy_at_chosen: float | None = Field(description="entropy difference at the chosen scale")
-    failed: bool = Field(description="self-similarity never exceeded selfsim_threshold")
+    failed: bool = Field(description="the sweep's self-similarity never exceeded the threshold")
 
 
 class Generation(BaseModel):
@@ -83,7 +119,8 @@ class SelfExplanationMetrics(BaseModel):
     n_latents: int = Field(description="latents explained")
     frac_failed: float | None = Field(
         description="fraction of latents whose self-similarity never passed the threshold")
-    mean_max_selfsim: float | None = Field(description="mean over latents of the maximal self-similarity")
+    mean_max_selfsim: float | None = Field(description="mean over latents of the self-similarity at the chosen "
+                                           "scale (cosine mode: the maximal one)")
     mean_chosen_scale: float | None = Field(description="mean over latents of the scale of maximal self-similarity")
     mean_entropy_at_chosen: float | None = Field(description="mean entropy difference at the chosen scale")
     frac_with_explanation: float | None = Field(
@@ -95,6 +132,10 @@ class SelfExplanationDetails(BaseModel):
     probe_hook: str
     prompt: str
     explanations: list[SelfExplanation]
+    selfsim: str = Field("cosine", description="the self-similarity mode (config.selfsim)")
+    selfsim_threshold: float | None = Field(None, description="the failure threshold in use")
+    selfsim_threshold_derivation: str = Field("", description="where that threshold comes from")
+    departures: list[str] = Field([], description="where this run departs from the reference code, and why")
 
 
 class SelfExplanationResult(EvalResult[SelfExplanationConfig, SelfExplanationMetrics, SelfExplanationDetails]):

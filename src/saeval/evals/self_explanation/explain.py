@@ -10,11 +10,23 @@ position:
 - entropy of the next-token distribution minus its value at scale 0;
 - cross-entropy against a baseline run where X holds the unit-norm mean token embedding.
 
-The chosen scale maximises self-similarity; a latent whose self-similarity never exceeds 0.01 is flagged as a
-failure. Generations (one per scale of a coarser grid, temperature 1) are ranked by
+The chosen scale maximises self-similarity; a latent whose self-similarity never exceeds the threshold is
+flagged as a failure. Generations (one per scale of a coarser grid, temperature 1) are ranked by
 0.4 * minmax(self-similarity) - 0.6 * minmax(cross-entropy) at their scale; the best three are the
-explanations. Unlike the reference code, cosines are normalised per row (it divided by the norm of the whole
-batch), and decoder rows are unit-normalised first because saeval SAEs may fold an input scale into W_dec.
+explanations.
+
+Departures from the reference code (neverix/micrlhf-progress, sprint/scale_tuning_gemma.py and
+sprint/self_explanation/rate_new.py), on purpose; ``selfsim="reference"`` reproduces the first three:
+
+- its self-similarity divides each residual's dot product with W_dec[f] by the norm of the whole batch of
+  64 sweep residuals, not by the row's own norm, so its values are about sqrt(64) = 8 times smaller than a
+  cosine and its 0.01 filter is about 0.08 in cosine units: saeval uses per-row cosines and 0.08;
+- it picks the scale at ``argmax(selfsim[1:]) - 1``, two grid points below the maximum (the last scale when
+  the maximum is at index 1): saeval takes the argmax;
+- it scores text i of the 32 generations at sweep index ``int(i / len(texts) * len(metric))``, which is not
+  the search scale nearest the text's scale for half of them: saeval scores each text at its nearest scale;
+- decoder rows are unit-normalised before injection (the reference injects scale * the raw row), because
+  saeval SAEs may fold an input scale into W_dec, which would rescale the sweep.
 """
 
 from __future__ import annotations
@@ -83,6 +95,54 @@ def unit_decoder_rows(sae, latents: Sequence[int]) -> Tensor:
     return F.normalize(sae.W_dec.detach().float()[torch.tensor([int(f) for f in latents], dtype=torch.long)], dim=-1)
 
 
+DEPARTURES = {
+    "selfsim": "self-similarity is the per-row cosine of the probe residual with the decoder row; the reference "
+    "divides by the norm of the whole batch of 64 sweep residuals (about 8 times a row's norm), which makes a "
+    "latent's value depend on the residual norms at the other scales",
+    "threshold": "the failure threshold defaults to 0.08 = 0.01 x sqrt(64), the reference's 0.01 filter in "
+    "cosine units (with residual rows of about equal norm)",
+    "argmax": "the chosen scale is the argmax of self-similarity; the reference takes argmax(selfsim[1:]) - 1, "
+    "two grid points below the maximum (the last scale when the maximum is at index 1)",
+    "text_metric": "each text is scored at the search scale nearest its generation scale; the reference scores "
+    "text i at sweep index int(i / len(texts) * len(metric)), a different index for half of 32 texts on 64 "
+    "scales",
+    "unit_rows": "decoder rows are unit-normalised before injection (the reference injects scale x the raw "
+    "row): saeval SAEs may fold an input scale into W_dec",
+}
+
+
+def departures(config: SelfExplanationConfig) -> list[str]:
+    """Where this config departs from the reference code, and why (reference mode keeps only the last)."""
+    keys = ["unit_rows"] if config.selfsim == "reference" else list(DEPARTURES)
+    if config.selfsim == "cosine" and config.selfsim_threshold is not None:
+        keys.remove("threshold")
+    return [DEPARTURES[k] for k in keys]
+
+
+def reference_selfsim(resid_SD: Tensor, d_D: Tensor) -> np.ndarray:
+    """The reference's self-similarity of one latent's sweep: resid @ d / ||resid|| / ||d||, where ||resid|| is
+    the norm of the whole [scales, d_model] batch, minus its value at the sweep's first scale."""
+    sim = (resid_SD.double() @ d_D.double()) / resid_SD.double().norm() / d_D.double().norm()
+    return (sim - sim[0]).numpy()
+
+
+def chosen_index(selfsim: np.ndarray, mode: str) -> int:
+    """Index of the chosen scale: the argmax; in reference mode argmax(selfsim[1:]) - 1 as the reference
+    computes it, a Python index (-1, the last scale, when the maximum is at index 1)."""
+    if mode == "reference":
+        return (int(np.argmax(selfsim[1:])) - 1) % len(selfsim)
+    return int(np.argmax(selfsim))
+
+
+def text_metric_indices(gen_scales: Sequence[float], search_scales: Sequence[float], mode: str) -> list[int]:
+    """For each of a latent's texts (in generation order), the sweep index its metric is read at: the search
+    scale nearest its scale; in reference mode int(i / len(texts) * len(metric)), its position in the list."""
+    n, scales = len(gen_scales), np.asarray(search_scales)
+    if mode == "reference":
+        return [int(i / n * len(scales)) for i in range(n)]
+    return [int(np.abs(scales - s).argmin()) for s in gen_scales]
+
+
 def _minmax(x: np.ndarray) -> np.ndarray:
     span = x.max() - x.min()
     return (x - x.min()) / span if span > 1e-12 else np.zeros_like(x)
@@ -116,15 +176,19 @@ def scale_sweep(host, dirs_FD: Tensor, config: SelfExplanationConfig) -> list[Sc
     logp, resid = torch.cat(logp_rows), torch.cat(resid_rows)
     entropy = -(logp.exp() * logp).sum(-1)
     S = len(scales)
+    threshold, _ = config.threshold()
     out = []
     for i, d in enumerate(dirs_FD):
         rows = slice(2 + i * S, 2 + (i + 1) * S)
-        cos = F.cosine_similarity(resid[rows], d[None], dim=-1)
-        cos0 = F.cosine_similarity(resid[:1], d[None], dim=-1)
-        selfsim = (cos - cos0).numpy()
+        if config.selfsim == "reference":  # one latent's sweep is one batch there (PICK_BATCH = 64 scales)
+            selfsim = reference_selfsim(resid[rows], d)
+        else:
+            cos = F.cosine_similarity(resid[rows], d[None], dim=-1)
+            cos0 = F.cosine_similarity(resid[:1], d[None], dim=-1)
+            selfsim = (cos - cos0).numpy()
         ent = (entropy[rows] - entropy[0]).numpy()
         crossent = -(logp[rows].exp() * logp[1:2]).sum(-1).numpy()
-        best = int(np.argmax(selfsim))
+        best = chosen_index(selfsim, config.selfsim)
         out.append(
             ScaleSweep(
                 scales=scales.tolist(),
@@ -134,7 +198,8 @@ def scale_sweep(host, dirs_FD: Tensor, config: SelfExplanationConfig) -> list[Sc
                 chosen_scale=float(scales[best]),
                 max_selfsim=float(selfsim[best]),
                 entropy_at_chosen=float(ent[best]),
-                failed=bool(selfsim[best] <= config.selfsim_threshold),
+                # The reference filters on the sweep's maximum, whatever scale it then picks.
+                failed=bool(selfsim.max() <= threshold),
             )
         )
     return out
@@ -261,12 +326,10 @@ def self_explain(
     )
     results = []
     for i, f in enumerate(latents):
-        scales, metric = np.array(sweeps[i].scales), metrics[i]
-        gens = []
-        for (j, s), text in zip(jobs, texts, strict=True):
-            if j == i:
-                m = float(metric[int(np.abs(scales - s).argmin())])
-                gens.append(Generation(scale=s, text=text, explanation=extract_explanation(text), metric=m))
+        mine = [(s, text) for (j, s), text in zip(jobs, texts, strict=True) if j == i]
+        at = text_metric_indices([s for s, _ in mine], sweeps[i].scales, config.selfsim)
+        gens = [Generation(scale=s, text=text, explanation=extract_explanation(text), metric=float(metrics[i][k]))
+                for (s, text), k in zip(mine, at, strict=True)]
         ranked = sorted(gens, key=lambda g: -g.metric)
         best: list[str] = []
         for gen in ranked:

@@ -28,6 +28,14 @@ def report(records: list[dict]) -> str:
             yaxis_title="self-similarity (minus scale 0)",
         )
         parts.append(figure_html(fig))
+        d = rec["details"]
+        if d.get("selfsim_threshold") is not None:
+            notes = "".join(f"<li>{html.escape(x)}</li>" for x in d.get("departures", []))
+            parts.append(
+                f"<p class='note'>self-similarity: {html.escape(d.get('selfsim', 'cosine'))}; failure threshold "
+                f"{d['selfsim_threshold']:.3g} ({html.escape(d.get('selfsim_threshold_derivation', ''))})."
+                + (f" Departures from the reference code:</p><ul>{notes}</ul>" if notes else "</p>")
+            )
         parts.append(
             "<table><tr><th>latent</th><th>chosen scale</th><th>max self-sim</th><th>failed</th>"
             "<th>explanations (best first)</th></tr>" + "".join(rows) + "</table>"

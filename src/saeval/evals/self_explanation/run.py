@@ -1,4 +1,8 @@
-"""The self_explanation eval: explain latents chosen among the live ones, summarise the sweeps."""
+"""The self_explanation eval: explain latents chosen among the live ones, summarise the sweeps.
+
+The default departs from the reference code on purpose (per-row cosines, the argmax scale, each text scored
+at its nearest scale, a threshold of 0.08 in cosine units); ``selfsim="reference"`` reproduces its formulas.
+The result's details name each departure and its reason (explain.DEPARTURES)."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from saeval.evals.self_explanation.config import (
     SelfExplanationMetrics,
     SelfExplanationResult,
 )
-from saeval.evals.self_explanation.explain import build_prompt, memo_self_explain, probe_hook_for
+from saeval.evals.self_explanation.explain import build_prompt, departures, memo_self_explain, probe_hook_for
 
 
 def pick_latents(ctx: EvalContext, sae, n: int, seed: int) -> list[int]:
@@ -39,11 +43,16 @@ def run(ctx: EvalContext, sae, config: SelfExplanationConfig) -> SelfExplanation
         mean_entropy_at_chosen=sum(s.entropy_at_chosen for s in sweeps) / n,
         frac_with_explanation=sum(bool(e.best) for e in found) / n,
     )
+    threshold, derivation = config.threshold()
     details = SelfExplanationDetails(
         latents=list(latents),
         probe_hook=probe_hook_for(host, config),
         prompt=host.tokenizer.decode(ids),
         explanations=found,
+        selfsim=config.selfsim,
+        selfsim_threshold=threshold,
+        selfsim_threshold_derivation=derivation,
+        departures=departures(config),
     )
     return SelfExplanationResult(**ctx.envelope("self_explanation", sae), config=config, metrics=metrics,
                                  details=details)

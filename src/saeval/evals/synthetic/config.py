@@ -18,11 +18,17 @@ PAPER_MS_STEP = {"real": 51.60, "sae_recon": 53.34, "synthetic_structured": 55.6
 PAPER_PLATEAU = {"real": 15.12, "random": 8.33, "synthetic_structured": 7.76, "synthetic_baseline": 6.18}
 T_MAX = 100.0  # absolute steps run t = linspace(0, 100, n_steps) in units of step_size
 GRID_MAX = 99  # MS steps are reported on the paper's 100-point grid (index 0..99)
+TEREN_PLATEAU_THRESHOLD = 20.0  # teren's find_activation_plateau_length(threshold=20), GPT-2 small units
+TEREN_CENSORED_PLATEAU = 100.0  # ... and what it returns when the curve never reaches it
 
 Positive = Annotated[float, Field(gt=0)]
 
 
 class SyntheticConfig(EvalConfig):
+    reference: Literal["saeval", "teren"] = Field(
+        "saeval", description="construction rules: saeval's, or teren's code as it runs (linear-density "
+        "neighbours, dead and active latents allowed as replacements, ascending latent order, plateau threshold "
+        "20, a censored plateau counts 100, MS-step ties to the last index), for comparison with the paper")
     hook: str | None = Field(None, description="perturbation hook, which must be the SAE's (None: the SAE's hook, "
                              "else the run's)")
     prompt_len: int = Field(10, ge=2, description="tokens per prompt, BOS + corpus tokens (paper: the first 10 "
@@ -50,7 +56,8 @@ class SyntheticConfig(EvalConfig):
     plateau: bool = Field(True, description="also the plateau experiment (from each target towards noise)")
     plateau_threshold: Positive | None = Field(
         None, description="final-layer L2 that ends a plateau; None: plateau_threshold_frac x the median final "
-        "residual norm of the real prompts (the source's 20 is in GPT-2 small units)")
+        "residual norm of the real prompts (the source's 20 is in GPT-2 small units), or 20 when reference is "
+        "'teren'")
     plateau_threshold_frac: float = Field(0.1, gt=0, description="the plateau threshold as a fraction of the "
                                           "median final residual norm")
     cov_eps: float = Field(1e-6, gt=0, description="eigenvalue floor (x mean eigenvalue) for a singular "
@@ -128,6 +135,8 @@ class SyntheticDetails(BaseModel):
     paper_plateau: dict[str, float | None]
     examples: dict[str, dict[str, list[list[float]]]]
     warnings: list[str]
+    reference: str = "saeval"
+    departures: list[str] = Field([], description="where these rules depart from teren's code, and why")
 
 
 class SyntheticResult(EvalResult[SyntheticConfig, SyntheticMetrics, SyntheticDetails]):

@@ -10,6 +10,20 @@ up earliest in GPT-2; the closer a synthetic type's MS distribution is to the re
 The plateau experiment starts at each target type and moves towards a fresh Gaussian sample, counting the
 steps before the final residual moves by more than a threshold.
 
+Departures from teren's code (jettjaniak/teren, branch explorations, notebooks/experiment_plateaus.ipynb),
+on purpose; ``reference="teren"`` reproduces them for comparison with the paper's numbers (DEPARTURES below
+gives each reason; the result's details list them):
+
+- density neighbours in log10 density (teren: linear density);
+- replacements are unused live latents, never another active one (teren: any latent but the replaced one;
+  its baseline's used-set never excludes anything, and it rewrites the latent vector in place);
+- the largest latents pick their replacements first, the top one taking the anchor (teren: ascending latent
+  index, the top latent included in the loop);
+- the plateau threshold is 0.1 x the median final residual norm (teren and the paper: 20);
+- a plateau that never reaches it counts its curve's length (teren: 100);
+- MS-step ties go to the first index (teren: ``np.argsort(np.nan_to_num(slopes))[::-1][0]``, the last tied
+  index under a stable sort; numpy's default sort is not stable, so teren's own choice among ties varies).
+
 Speed: only the last position is perturbed and causal attention never lets it change earlier positions, so
 every prompt's earlier positions are run once (their keys and values cached) and each perturbed activation
 costs one single-token pass through the blocks after the hook.
@@ -31,6 +45,8 @@ from saeval.analysis.synthetic_targets import (
     fit_gaussian,
     latent_density,
     structured_latents,
+    teren_baseline_latents,
+    teren_structured_latents,
     unit_decoder,
 )
 from saeval.data.activations import check_finite
@@ -43,6 +59,8 @@ from saeval.evals.synthetic.config import (
     PAPER_PLATEAU,
     T_MAX,
     TARGET_TYPES,
+    TEREN_CENSORED_PLATEAU,
+    TEREN_PLATEAU_THRESHOLD,
     CurveStats,
     SyntheticConfig,
     SyntheticDetails,
@@ -50,6 +68,28 @@ from saeval.evals.synthetic.config import (
     SyntheticResult,
 )
 from saeval.progress import track
+
+DEPARTURES = [
+    "density neighbours are compared in log10 density; teren compares linear densities, where the nearest "
+    "neighbours of every rare latent are the dead and near-dead ones (density ~ 0)",
+    "replacements are unused live latents, never another active one; teren allows any latent but the replaced "
+    "one (dead latents, whose decoder rows the SAE never uses, and active ones, which keep part of A in the "
+    "target); its baseline's used-set holds tensors that hash by identity, so replacements can repeat",
+    "the largest latents pick their replacements first and the top latent always takes the anchor; teren goes "
+    "in ascending latent index, so an earlier latent close to the top one can take the anchor",
+    "the plateau threshold is 0.1 x the median final residual norm of the real prompts; teren and the paper "
+    "use 20, which is in GPT-2 small units",
+    "a plateau that never reaches the threshold counts its curve's length (and is reported as censored); "
+    "teren counts 100 even for a curve cut short at its target",
+    "MS-step ties go to the first index; teren takes np.argsort(np.nan_to_num(slopes))[::-1][0], the last "
+    "tied index under a stable sort (its default sort is not stable), so a curve rising most at its first "
+    "step (s_0 = s_1) reports step 1 there",
+]
+# What reference="teren" still does its own way.
+TEREN_DEPARTURES = [
+    "ties in teren's unstable sorts are broken deterministically: density and cosine neighbours by latent "
+    "index, the MS step to the last tied index (a stable reading of its argsort(...)[::-1][0])",
+]
 
 
 # ---------------------------------------------------------------------------------------------- model runs
@@ -152,9 +192,11 @@ def relative_steps(start_D: Tensor, target_D: Tensor, n_steps: int) -> Tensor:
     return start_D * (1 - t) + target_D * t
 
 
-def max_slope_step(curve: np.ndarray | Tensor, slope_floor: float = 0.02, no_blowup: int = GRID_MAX) -> int:
+def max_slope_step(curve: np.ndarray | Tensor, slope_floor: float = 0.02, no_blowup: int = GRID_MAX,
+                   ties: str = "first") -> int:
     """Index of the steepest rise: slopes s_i = d_i - d_{i-1}, s_0 = s_1; ``no_blowup`` when no slope
-    exceeds ``slope_floor`` (or the curve has fewer than two points)."""
+    exceeds ``slope_floor`` (or the curve has fewer than two points). ``ties="last"``: teren's
+    argsort(nan_to_num(slopes))[::-1][0], read with a stable sort (NaN slopes count 0)."""
     d = np.asarray(curve, dtype=np.float64)
     if len(d) < 2:
         return no_blowup
@@ -162,6 +204,9 @@ def max_slope_step(curve: np.ndarray | Tensor, slope_floor: float = 0.02, no_blo
     slopes = np.concatenate([slopes[:1], slopes])
     if not (slopes > slope_floor).any():
         return no_blowup
+    if ties == "last":
+        slopes = np.nan_to_num(slopes)
+        return int(len(slopes) - 1 - np.argmax(slopes[::-1]))
     return int(np.argmax(slopes))
 
 
@@ -170,6 +215,15 @@ def plateau_length(curve: np.ndarray | Tensor, threshold: float) -> tuple[int, b
     d = np.asarray(curve, dtype=np.float64)
     above = np.flatnonzero(d >= threshold)
     return (int(above[0]), False) if len(above) else (len(d), True)
+
+
+def plateau_on_grid(curve: np.ndarray | Tensor, threshold: float, n_steps: int, reference: str) -> tuple[float, bool]:
+    """The plateau length on the paper's 100-point grid, and whether it is censored; teren counts a censored
+    plateau as 100 whatever the curve's length."""
+    length, censored = plateau_length(curve, threshold)
+    if censored and reference == "teren":
+        return TEREN_CENSORED_PLATEAU, True
+    return _grid(length, n_steps), censored
 
 
 def summarize(per_sample: dict[str, list[float]]) -> CurveStats:
@@ -239,14 +293,21 @@ def build_targets(
     device = sae.W_dec.device
     f_NF = sae.encode(base_ND.to(device)).float().cpu().numpy()
     n_active = (f_NF > 0).sum(1)
-    check_live(density, sae.name, max(config.structured_pool, config.baseline_pool) + 2 * int(n_active.max()))
-    log10 = density.reference_log10()
+    teren = config.reference == "teren"
+    if not teren:  # teren draws among all latents, dead ones included
+        check_live(density, sae.name, max(config.structured_pool, config.baseline_pool) + 2 * int(n_active.max()))
+    log10, linear = density.reference_log10(), density.linear()
     W_unit = unit_decoder(sae)
     structured, baseline = np.zeros_like(f_NF), np.zeros_like(f_NF)
     warnings = []
     for i in range(len(f_NF)):
         if n_active[i] == 0:
             continue  # nothing to rebuild: the synthetic target is the decoder bias alone
+        if teren:
+            baseline[i] = teren_baseline_latents(f_NF[i], linear, config.baseline_pool, rng)
+            structured[i], _ = teren_structured_latents(f_NF[i], linear, W_unit, config.structured_pool,
+                                                        config.anchor_cos)
+            continue
         baseline[i] = baseline_latents(f_NF[i], log10, density.live_F, config.baseline_pool, rng)
         structured[i], _ = structured_latents(f_NF[i], log10, density.live_F, W_unit, config.structured_pool,
                                               config.anchor_cos)
@@ -303,6 +364,7 @@ def run(ctx: EvalContext, sae, config: SyntheticConfig) -> SyntheticResult:
         warnings += _check_fast_path(runner, contexts[0:1], base[0])
 
     kinds = ("abs", "rel") if config.relative else ("abs",)
+    ties = "last" if config.reference == "teren" else "first"
     # MS steps: L2 and KL along absolute steps, and along the relative interpolation (suffix r).
     ms: dict[str, dict[str, list[float]]] = {
         s: {t: [] for t in TARGET_TYPES} for s in ("l2", "kl", "l2r", "klr")[: 2 * len(kinds)]}
@@ -328,7 +390,7 @@ def run(ctx: EvalContext, sae, config: SyntheticConfig) -> SyntheticResult:
             for kind in kinds:
                 l2, kl = curves[t][kind]
                 for stat, curve in (("l2", l2), ("kl", kl)):
-                    idx = max_slope_step(curve, config.slope_floor, no_blowup=-1)
+                    idx = max_slope_step(curve, config.slope_floor, no_blowup=-1, ties=ties)
                     if kind == "abs" and stat == "l2":
                         no_blowup[t] += idx < 0
                         at_end += t == "real" and len(curve) == n_steps and idx == n_steps - 1
@@ -352,6 +414,9 @@ def run(ctx: EvalContext, sae, config: SyntheticConfig) -> SyntheticResult:
         if config.plateau_threshold is not None:
             threshold = float(config.plateau_threshold)
             derivation = "set in the config (plateau_threshold)"
+        elif config.reference == "teren":
+            threshold = TEREN_PLATEAU_THRESHOLD
+            derivation = "teren's and the paper's 20 (GPT-2 small units), reference='teren'"
         else:
             threshold = config.plateau_threshold_frac * resid_median
             derivation = (f"{config.plateau_threshold_frac:g} x the median L2 norm ({resid_median:.4g}) of "
@@ -359,8 +424,8 @@ def run(ctx: EvalContext, sae, config: SyntheticConfig) -> SyntheticResult:
                           "prompts; the source's 20 is in GPT-2 small units")
         lengths: dict[str, list[float]] = {}
         for t, curves_t in plateau_curves.items():
-            found = [plateau_length(c, threshold) for c in curves_t]
-            lengths[t] = [_grid(length, n_steps) for length, _ in found]
+            found = [plateau_on_grid(c, threshold, n_steps, config.reference) for c in curves_t]
+            lengths[t] = [length for length, _ in found]
             censored[t] = float(np.mean([c for _, c in found]))
         plateau_stats = summarize(lengths)
 
@@ -391,6 +456,7 @@ def run(ctx: EvalContext, sae, config: SyntheticConfig) -> SyntheticResult:
         plateau=plateau_stats, plateau_censored_fraction=censored, plateau_threshold=threshold,
         plateau_threshold_derivation=derivation, final_resid_norm_median=resid_median, ordering=ordering,
         paper_ms_step=PAPER_MS_STEP, paper_plateau=PAPER_PLATEAU, examples=examples, warnings=warnings,
+        reference=config.reference, departures=TEREN_DEPARTURES if config.reference == "teren" else DEPARTURES,
     )
     return SyntheticResult(**ctx.envelope("synthetic", sae), config=config, metrics=metrics, details=details)
 
