@@ -6,12 +6,13 @@ from saeval.evals import (  # noqa: E402, I001  (each package registers its eval
     scr,
     self_explanation,
     shift,
+    sparse_probing,
     steerability,
     synthetic,
     tpp,
 )
 from saeval.evals.base import EVALS, EvalConfig, EvalContext, EvalSpec, get_eval, register_eval
 
-BUILTIN_EVALS = (core, embedding_score, scr, self_explanation, shift, steerability, synthetic, tpp)
+BUILTIN_EVALS = (core, embedding_score, scr, self_explanation, shift, sparse_probing, steerability, synthetic, tpp)
 
 __all__ = ["EVALS", "EvalConfig", "EvalContext", "EvalSpec", "get_eval", "register_eval"]
