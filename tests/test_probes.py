@@ -1,7 +1,8 @@
-"""Linear probes trained as SAEBench trains them; one-vs-rest negatives."""
+"""Linear probes trained as SAEBench trains them; one-vs-rest negatives; SAEBench's random stream."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -9,7 +10,13 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from saeval.analysis.probes import ProbeConfig, generator, one_vs_rest_negatives, train_probe
+from saeval.analysis.probes import (
+    ProbeConfig,
+    SAEBenchStream,
+    generator,
+    one_vs_rest_negatives,
+    train_probe,
+)
 from saeval.errors import SaevalError
 
 
@@ -76,3 +83,67 @@ def test_probe_config_refuses_typos_and_out_of_range_values():
         with pytest.raises(ValidationError):
             ProbeConfig(**bad)
     assert all(f.description for f in ProbeConfig.model_fields.values())
+
+
+def saebench_train_probe_gpu(x, y, xs, ys, config: ProbeConfig, seed: int):
+    """SAEBench's train_probe_gpu, condensed, on torch's global generator seeded as run_eval_single_sae seeds it
+    (tests/test_saebench_parity.py runs the real one)."""
+    torch.manual_seed(seed)
+    probe = torch.nn.Linear(x.shape[1], 1)
+    opt = torch.optim.AdamW(probe.parameters(), lr=config.lr)
+    best, best_acc, patience = None, 0.0, 0
+    for _ in range(config.epochs):
+        order = torch.randperm(len(x))
+        for i in range(0, len(x), config.batch_size):
+            idx = order[i : i + config.batch_size]
+            loss = torch.nn.BCEWithLogitsLoss()(probe(x[idx]).squeeze(-1), y[idx].float())
+            loss += config.l1_penalty * torch.sum(torch.abs(probe.weight))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            acc = ((probe(xs).squeeze(-1) > 0).long() == ys).float().mean().item()
+        if acc > best_acc:
+            best, best_acc, patience = copy.deepcopy(probe), acc, 0
+        else:
+            patience += 1
+        if patience >= config.early_stopping_patience:
+            break
+    return best, best_acc, torch.randperm(1000)  # the last: where the global stream stands afterwards
+
+
+@pytest.mark.parametrize("patience", [20, 2])
+def test_stream_training_is_saebench_training_and_skipping_it_draws_the_same(patience):
+    x, y = blobs(90, 12, 4, gap=0.7)
+    xs, ys = blobs(40, 12, 5, gap=0.7)
+    config = ProbeConfig(epochs=12, lr=1e-2, early_stopping_patience=patience)
+    ref, ref_acc, ref_next = saebench_train_probe_gpu(x, y, xs, ys, config, seed=11)
+    stream = SAEBenchStream(11)
+    start = stream.state()
+    probe, fit = train_probe(x, y, xs, ys, config, seed=0, gen=stream.gen)
+    # Bit for bit: same init draws, epoch orders, arithmetic and float32 selection accuracy.
+    assert torch.equal(probe.w_D, ref.weight.detach()[0]) and probe.b == float(ref.bias.detach()[0])
+    assert fit.selection_accuracy == ref_acc
+    assert (fit.epochs_run < 12) == (patience == 2)
+    assert torch.equal(torch.randperm(1000, generator=stream.gen), ref_next)
+    # Replaying the draws of that training (without training) leaves the stream at the same place.
+    skipped = SAEBenchStream(0)
+    skipped.restore(start)
+    skipped.skip_training(12, len(x), fit.epochs_run)
+    assert torch.equal(torch.randperm(1000, generator=skipped.gen), ref_next)
+
+
+def test_stream_draws_follow_prepare_probe_data():
+    """SAEBench prepare_probe_data: per other class a randperm, the pool's randperm, then a shuffle of [pos, neg]."""
+    others = [np.arange(100, 110), np.arange(200, 210)]
+    stream = SAEBenchStream(3)
+    draw = stream.one_vs_rest(np.arange(8), others)
+    torch.manual_seed(3)
+    picked = np.concatenate([o[torch.randperm(10)[:4].numpy()] for o in others])
+    neg = picked[torch.randperm(8)[:8].numpy()]
+    assert np.array_equal(draw.neg, neg) and np.array_equal(draw.order, torch.randperm(16).numpy())
+    paired = stream.paired(np.arange(6), np.arange(50, 56))
+    neg = np.arange(50, 56)[torch.randperm(6)[:6].numpy()]
+    assert np.array_equal(paired.neg, neg) and np.array_equal(paired.order, torch.randperm(12).numpy())
+    with pytest.raises(SaevalError, match="equal group sizes"):
+        stream.paired(np.arange(6), np.arange(5))

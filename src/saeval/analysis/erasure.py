@@ -4,12 +4,17 @@
   ordinary (non-special) tokens at the SAE hook are stored flat on disk with offsets, once per (model
   content fingerprint, hook, texts, ctx_len, sink_ratio). Probe inputs are their means (SAEBench zeroes
   BOS/PAD/EOS and averages the rest).
-* Probes: trained once per (activations, probe config, seed, example sets) and cached on disk.
+* Probes: trained once per (activations, probe config, seed, example sets) and cached on disk. Mode "saebench"
+  draws the example sets, negatives, probe inits and minibatch orders from SAEBench's own random stream
+  (``SAEBenchStream``: torch.manual_seed(seed), then its calls in its order), so a seed gives SAEBench's numbers;
+  a spec then records its training order and the stream's state where SAEBench trains it.
 * An SAE only encodes the cached tokens: pass 1 over the training examples gives per-set mean latent
   activations (attribution) and each latent's top examples (SHIFT evidence); pass 2 over the test examples
   keeps the mean activations of the latents any ablation will touch.
 * Attribution (train split): effect_f = (mean_pos f - mean_neg f) * (w_probe . W_dec[f]); TPP clamps the mean
   difference at 0, SCR takes |effect|; the top-N non-zero effects are ablated.
+* Selection in mode "saebench" is SAEBench's torch.topk per N (which of tied effects it takes is torch's
+  choice); mode "validation" ranks once, ties to the lower latent index, and takes prefixes.
 * Ablation keeps the SAE error: x' = decode(f with S zeroed) + (x - decode(f)) = x - sum_{s in S} f_s W_dec[s],
   so the mean-pooled probe input is xbar - fbar[S] @ W_dec[S] and probe logits shift by fbar[S] @ (W_dec[S] w).
   SAEBench also sums x' over the zeroed (masked) positions of its 128-token padded inputs, where x = 0 but
@@ -36,7 +41,18 @@ from pydantic import BaseModel
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from saeval.analysis.probes import LinearProbe, ProbeConfig, ProbeFit, derive_seed, train_probe
+from saeval.analysis.probes import (
+    LinearProbe,
+    ProbeConfig,
+    ProbeFit,
+    SAEBenchDraw,
+    SAEBenchStream,
+    can_stop_early,
+    derive_seed,
+    generator_from,
+    saebench_accuracy,
+    train_probe,
+)
 from saeval.data.activations import check_finite
 from saeval.data.cache import MANIFEST, CacheKey, get_or_build, read_record, write_record
 from saeval.errors import SaevalError
@@ -247,13 +263,17 @@ def _forward(host, hook: str, rows: list[list[int]], ids: list[int], sink_ratio:
 
 # ------------------------------------------------------------------------------------------------ probes
 class ProbeSpec(BaseModel):
-    """One binary probe: positives are label 1. ``sel_*`` is the epoch-selection set."""
+    """One binary probe: positives are label 1. ``sel_*`` is the epoch-selection set. SAEBench's stream (mode
+    "saebench"): ``train_order`` is the row order of [train_pos, train_neg] it trains on and ``stream_state``
+    its generator's state where training starts."""
 
     name: str
     train_pos: list[int]
     train_neg: list[int]
     sel_pos: list[int]
     sel_neg: list[int]
+    train_order: list[int] | None = None
+    stream_state: str | None = None
 
 
 def xy(acts: ExampleActivations, pos: list[int] | np.ndarray, neg: list[int] | np.ndarray) -> tuple[Tensor, Tensor]:
@@ -264,8 +284,9 @@ def xy(acts: ExampleActivations, pos: list[int] | np.ndarray, neg: list[int] | n
 
 def probes_key(acts: ExampleActivations, specs: list[ProbeSpec], config: ProbeConfig, seed: int) -> CacheKey:
     """What trained probes depend on: the activations' (content) key, the probe config, the seed, the sets."""
+    # Unset stream fields stay out, so the keys of validation-mode probes are what they were.
     return CacheKey(PROBES_KIND, {"format": CACHE_VERSION, "acts": acts.key, "probe": config.model_dump(),
-                                  "seed": seed, "specs": [s.model_dump() for s in specs]})
+                                  "seed": seed, "specs": [s.model_dump(exclude_none=True) for s in specs]})
 
 
 def fit_probes(acts: ExampleActivations, specs: list[ProbeSpec], config: ProbeConfig, seed: int,
@@ -279,13 +300,36 @@ def fit_probes(acts: ExampleActivations, specs: list[ProbeSpec], config: ProbeCo
     out = {}
     for spec in specs:
         x, y = xy(acts, spec.train_pos, spec.train_neg)
+        if spec.train_order is not None:
+            order = torch.as_tensor(spec.train_order, dtype=torch.long)
+            x, y = x[order], y[order]
         x_sel, y_sel = xy(acts, spec.sel_pos, spec.sel_neg)
-        out[spec.name] = train_probe(x, y, x_sel, y_sel, config, seed=derive_seed(seed, spec.name))
+        gen = generator_from(spec.stream_state) if spec.stream_state is not None else None
+        out[spec.name] = train_probe(x, y, x_sel, y_sel, config, seed=derive_seed(seed, spec.name), gen=gen)
     # float32 weights survive JSON exactly; a probe that diverged (NaN) is not kept, JSON would make it null.
     if all(torch.isfinite(p.w_D).all() and np.isfinite(p.b) for p, _ in out.values()):
         write_record(key, {n: {"w": p.w_D.float().tolist(), "b": float(p.b), "fit": fit.model_dump()}
                            for n, (p, fit) in out.items()})
     return out
+
+
+def stream_spec(stream: SAEBenchStream, name: str, train: SAEBenchDraw, sel: SAEBenchDraw) -> ProbeSpec:
+    """The probe SAEBench trains at this point of its stream on the draws ``train`` and ``sel``."""
+    return ProbeSpec(name=name, train_pos=train.pos.tolist(), train_neg=train.neg.tolist(), sel_pos=sel.pos.tolist(),
+                     sel_neg=sel.neg.tolist(), train_order=train.order.tolist(), stream_state=stream.state())
+
+
+def stream_train(stream: SAEBenchStream, spec: ProbeSpec, d_model: int, config: ProbeConfig, fit=None,
+                 needed: bool = True) -> tuple[LinearProbe, ProbeFit] | None:
+    """Advance ``stream`` past SAEBench's training of ``spec``: ``fit(spec)`` trains it (or loads it) when it is
+    ``needed`` or when early stopping makes the epochs drawn depend on the run; else its draws are replayed."""
+    result = fit(spec) if fit is not None and (needed or can_stop_early(config)) else None
+    if result is None and can_stop_early(config):
+        raise SaevalError(f"probe {spec.name}: with early_stopping_patience {config.early_stopping_patience} < "
+                          f"epochs {config.epochs} SAEBench's stream depends on the training; pass fit")
+    stream.skip_training(d_model, len(spec.train_pos) + len(spec.train_neg),
+                         result[1].epochs_run if result is not None else config.epochs)
+    return result
 
 
 # ------------------------------------------------------------------------------------------------ SAE
@@ -384,6 +428,17 @@ def top_n(effects_F: Tensor, n: int) -> Tensor:
     return torch.as_tensor(order[:k].copy(), dtype=torch.long)
 
 
+def saebench_top_n(effects_F: Tensor, n: int) -> Tensor:
+    """SAEBench select_top_n_features: torch.topk(effects, min(n, non-zero count)) as a set (sorted ids). Among
+    tied effects (zeros, when fewer than n are non-zero) torch picks by its own rule, not the lowest index."""
+    if n > len(effects_F):
+        raise SaevalError(f"N={n} is larger than the SAE's {len(effects_F)} latents; lower n_values")
+    k = min(n, int((effects_F != 0).sum()))
+    if k == 0:
+        return torch.zeros(0, dtype=torch.long)
+    return torch.sort(torch.topk(effects_F.float().cpu(), k).indices).values
+
+
 @dataclass
 class AblationView:
     """What ablating any subset of ``keep`` latents needs, for the examples of pass 2."""
@@ -426,11 +481,13 @@ def ablation_view(sae, acts: ExampleActivations, ids: np.ndarray, keep: Tensor, 
     return AblationView(ids, keep, encoded.fbar_EK, quirk, zero_code(sae)[keep], rows)
 
 
-def accuracy_of(logits_N: Tensor, n_pos: int) -> float:
-    """Accuracy when the first ``n_pos`` rows are positives and the rest negatives (logit > 0 = positive)."""
+def accuracy_of(logits_N: Tensor, n_pos: int, float32: bool = False) -> float:
+    """Accuracy when the first ``n_pos`` rows are positives and the rest negatives (logit > 0 = positive);
+    ``float32``: rounded as SAEBench's test_probe_gpu rounds it."""
     y = torch.zeros(len(logits_N), dtype=torch.bool)
     y[:n_pos] = True
-    return float(((logits_N > 0) == y).double().mean())
+    correct = (logits_N > 0) == y
+    return saebench_accuracy(correct) if float32 else float(correct.double().mean())
 
 
 def cached_activations(ctx, task, ctx_len: int, batch_size: int,
@@ -466,7 +523,10 @@ def quirks(mode: str) -> dict[str, Any]:
     saebench = mode == "saebench"
     return {"probe_epoch_selected_on": "test" if saebench else "validation",
             "tpp_negatives": "redrawn per evaluation" if saebench else "drawn once per class",
-            "padding_quirk": saebench}
+            "padding_quirk": saebench,
+            "random_stream": "SAEBench's (torch.manual_seed(seed), its draws in its order)" if saebench
+            else "saeval's (one labelled seed per draw)",
+            "top_n": "torch.topk per N" if saebench else "one ranking, ties to the lower latent id"}
 
 
 def split_validation(ids: np.ndarray, fraction: float, gen: torch.Generator) -> tuple[np.ndarray, np.ndarray]:

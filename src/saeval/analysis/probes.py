@@ -6,10 +6,17 @@ random order each epoch, 20 epochs with patience 20 (so never stopping early), a
 with the best accuracy on a selection set. SAEBench selects on the TEST set, a quirk that leaks the test set
 into model selection; ``selection="validation"`` selects on a held-out part of the training data instead.
 Prediction: logit > 0 means the positive class (label 1).
+
+SAEBench draws everything random from torch's global CPU generator, seeded once per SAE
+(``torch.manual_seed(random_seed)`` in run_eval_single_sae; randperm and nn.Linear's init run on the CPU even
+when it runs on a GPU): ``SAEBenchStream`` draws the same numbers from a private generator, call for call, and
+``train_probe(..., gen=)`` trains with SAEBench's exact arithmetic (nn.Linear's init and forward, float32
+accuracies) from such a stream. Mode "validation" keeps its own labelled seeds (``generator``).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import math
 from dataclasses import dataclass
@@ -18,13 +25,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel
-from torch import Tensor
+from torch import Tensor, nn
 
 from saeval.analysis.erasure_config import ProbeConfig
 from saeval.errors import SaevalError
 
-__all__ = ["LinearProbe", "ProbeConfig", "ProbeFit", "derive_seed", "generator", "one_vs_rest_negatives",
-           "train_probe"]
+__all__ = ["LinearProbe", "ProbeConfig", "ProbeFit", "SAEBenchDraw", "SAEBenchStream", "derive_seed", "generator",
+           "one_vs_rest_negatives", "saebench_accuracy", "train_probe"]
 
 
 class ProbeFit(BaseModel):
@@ -43,13 +50,20 @@ class LinearProbe:
     def logits(self, x_ND: Tensor) -> Tensor:
         return x_ND.float() @ self.w_D + self.b
 
-    def accuracy(self, x_ND: Tensor, y_N: Tensor) -> float:
-        return accuracy(self.logits(x_ND), y_N)
+    def accuracy(self, x_ND: Tensor, y_N: Tensor, float32: bool = False) -> float:
+        return accuracy(self.logits(x_ND), y_N, float32)
 
 
-def accuracy(logits_N: Tensor, y_N: Tensor) -> float:
-    # In float64, so equal counts give bit-identical accuracies wherever they are computed.
-    return float(((logits_N > 0).long() == y_N.long()).double().mean())
+def accuracy(logits_N: Tensor, y_N: Tensor, float32: bool = False) -> float:
+    """Share of correct signs. In float64, so equal counts give bit-identical accuracies wherever they are
+    computed; ``float32``: SAEBench's value (test_probe_gpu averages float32 0/1s), which its SCR ratios and
+    TPP differences are then computed from."""
+    correct = (logits_N > 0).long() == y_N.long()
+    return saebench_accuracy(correct) if float32 else float(correct.double().mean())
+
+
+def saebench_accuracy(correct_N: Tensor) -> float:
+    return float(correct_N.float().mean())
 
 
 def derive_seed(*parts: object) -> int:
@@ -78,17 +92,85 @@ def one_vs_rest_negatives(n_pos: int, others: list[np.ndarray], gen: torch.Gener
     return pool[torch.randperm(len(pool), generator=gen)[:n_pos].numpy()]
 
 
+# ------------------------------------------------------------------------------------- SAEBench's stream
+@dataclass
+class SAEBenchDraw:
+    """One prepare_probe_data call: positives, the drawn negatives, and ``order``, SAEBench's shuffle of the
+    concatenation [pos, neg] (the row order its probe trains on)."""
+
+    pos: np.ndarray
+    neg: np.ndarray
+    order: np.ndarray
+
+
+class SAEBenchStream:
+    """SAEBench's one random stream of a seed, drawn in its order by the callers (evals/tpp, evals/scr)."""
+
+    def __init__(self, seed: int):
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def one_vs_rest(self, pos: np.ndarray, others: list[np.ndarray]) -> SAEBenchDraw:
+        """prepare_probe_data(perform_scr=False): negatives drawn from the other classes, in their key order."""
+        neg = one_vs_rest_negatives(len(pos), others, self.gen)
+        return self._shuffled(np.asarray(pos), neg)
+
+    def paired(self, pos: np.ndarray, neg: np.ndarray) -> SAEBenchDraw:
+        """prepare_probe_data(perform_scr=True): a random len(pos) of the paired group."""
+        if len(neg) < len(pos):
+            raise SaevalError(f"a paired group has {len(neg)} examples for {len(pos)} positives (SAEBench's "
+                              "groups are equal); use equal group sizes")
+        neg = np.asarray(neg)[torch.randperm(len(neg), generator=self.gen)[: len(pos)].numpy()]
+        return self._shuffled(np.asarray(pos), neg)
+
+    def _shuffled(self, pos: np.ndarray, neg: np.ndarray) -> SAEBenchDraw:
+        return SAEBenchDraw(pos, neg, torch.randperm(len(pos) + len(neg), generator=self.gen).numpy())
+
+    def state(self) -> str:
+        return base64.b64encode(self.gen.get_state().numpy().tobytes()).decode()
+
+    def restore(self, state: str) -> None:
+        self.gen.set_state(generator_from(state).get_state())
+
+    def skip_training(self, d: int, n_train: int, epochs: int) -> None:
+        """Draw what training a probe draws (its init, one order per epoch run) without training it."""
+        _saebench_init(d, self.gen)
+        for _ in range(epochs):
+            torch.randperm(n_train, generator=self.gen)
+
+
+def generator_from(state: str) -> torch.Generator:
+    gen = torch.Generator()
+    gen.set_state(torch.frombuffer(bytearray(base64.b64decode(state)), dtype=torch.uint8))
+    return gen
+
+
+def can_stop_early(config: ProbeConfig) -> bool:
+    """Whether the epochs a probe trains depend on its run (else SAEBench's stream is known without training)."""
+    return config.early_stopping_patience < config.epochs
+
+
+def _saebench_init(d: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """nn.Linear(d, 1)'s reset_parameters, drawing from ``gen``."""
+    w_1D, b_1 = torch.empty(1, d), torch.empty(1)
+    nn.init.kaiming_uniform_(w_1D, a=math.sqrt(5), generator=gen)
+    nn.init.uniform_(b_1, -1 / math.sqrt(d), 1 / math.sqrt(d), generator=gen)
+    return w_1D, b_1
+
+
+# ------------------------------------------------------------------------------------------------ training
 def train_probe(x_train_ND: Tensor, y_train_N: Tensor, x_sel_ND: Tensor, y_sel_N: Tensor, config: ProbeConfig,
-                seed: int) -> tuple[LinearProbe, ProbeFit]:
-    """Train as SAEBench does; keep the parameters of the epoch with the best selection accuracy."""
+                seed: int, gen: torch.Generator | None = None) -> tuple[LinearProbe, ProbeFit]:
+    """Train as SAEBench does; keep the parameters of the epoch with the best selection accuracy. With ``gen``
+    (a SAEBench stream, advanced in place) in SAEBench's exact arithmetic and draws; else seeded by ``seed``."""
     if len(x_train_ND) < 2 or len(set(y_train_N.tolist())) < 2:
         raise SaevalError(f"probe training needs examples of both classes; got {len(x_train_ND)} examples")
     if len(x_sel_ND) == 0:
         raise SaevalError("probe selection set is empty; use more test or validation examples")
     # The evals run under inference_mode; its tensors cannot enter autograd, hence the clones inside.
     with torch.inference_mode(False), torch.enable_grad():
-        return _train(x_train_ND.float().clone(), y_train_N.float().clone(), x_sel_ND.float().clone(),
-                      y_sel_N.long().clone(), config, seed)
+        data = (x_train_ND.float().clone(), y_train_N.float().clone(), x_sel_ND.float().clone(),
+                y_sel_N.long().clone(), config)
+        return _train(*data, seed) if gen is None else _train_saebench(*data, gen)
 
 
 def _train(x: Tensor, y: Tensor, x_sel: Tensor, y_sel: Tensor, config: ProbeConfig,
@@ -125,3 +207,36 @@ def _train(x: Tensor, y: Tensor, x_sel: Tensor, y_sel: Tensor, config: ProbeConf
     fit = ProbeFit(best_epoch=best_epoch, selection_accuracy=acc, epochs_run=epoch, n_train=len(x),
                    n_selection=len(x_sel))
     return LinearProbe(w_best, b_best), fit
+
+
+def _train_saebench(x: Tensor, y: Tensor, x_sel: Tensor, y_sel: Tensor, config: ProbeConfig,
+                    gen: torch.Generator) -> tuple[LinearProbe, ProbeFit]:
+    """SAEBench's train_probe_gpu op for op (so float32 weights agree bit for bit on the same device): the
+    (1, d) weight through F.linear, the L1 term always added, selection accuracy in float32 starting from 0."""
+    w_1D, b_1 = (t.requires_grad_(True) for t in _saebench_init(x.shape[1], gen))
+    opt = torch.optim.AdamW([w_1D, b_1], lr=config.lr, weight_decay=config.weight_decay)
+    best_acc, best_epoch, w_best, b_best = 0.0, 0, w_1D.detach().clone(), b_1.detach().clone()
+    patience = 0
+    epoch = 0
+    for epoch in range(1, config.epochs + 1):
+        order = torch.randperm(len(x), generator=gen)
+        for start in range(0, len(x), config.batch_size):
+            idx = order[start : start + config.batch_size]
+            loss = F.binary_cross_entropy_with_logits(F.linear(x[idx], w_1D, b_1).squeeze(-1), y[idx])
+            loss = loss + config.l1_penalty * torch.sum(torch.abs(w_1D))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            acc = accuracy(F.linear(x_sel, w_1D, b_1).squeeze(-1), y_sel, float32=True)
+        if acc > best_acc:
+            best_acc, best_epoch, w_best, b_best = acc, epoch, w_1D.detach().clone(), b_1.detach().clone()
+            patience = 0
+        else:
+            patience += 1
+        if patience >= config.early_stopping_patience:
+            break
+    # SAEBench asserts that some epoch beat accuracy 0; the initial weights stand in for that failure.
+    fit = ProbeFit(best_epoch=best_epoch, selection_accuracy=best_acc, epochs_run=epoch, n_train=len(x),
+                   n_selection=len(x_sel))
+    return LinearProbe(w_best[0], float(b_best[0])), fit

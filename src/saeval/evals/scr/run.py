@@ -7,7 +7,8 @@ profession data; dir2 ablates profession latents and measures it on gender data.
 (A_abl - A_base) / (A_oracle - A_base), 0 when the denominator is below 0.001. The reported
 ``scr_metric_threshold_N`` is dir1 when the biased probe is worse on profession than on gender (it relies on
 gender), dir2 when it is worse on gender, absent (null) when equal, as in SAEBench. Averaged over pairs and
-datasets, then over seeds.
+datasets, then over seeds. Mode "saebench" draws from SAEBench's random stream (see pairs.py), takes its
+torch.topk set per N and its float32 accuracies, so a seed gives SAEBench's numbers.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from saeval.evals.scr.pairs import (
 
 
 def run_pair(ctx: EvalContext, sae, setup: PairSetup, config: SCRConfig) -> tuple[dict, dict]:
-    run = pair_sae(ctx, sae, setup, max(config.n_values), config.mode == "saebench")
+    saebench = config.mode == "saebench"
+    run = pair_sae(ctx, sae, setup, max(config.n_values), saebench, tuple(config.n_values) if saebench else ())
     per_seed: dict[int, dict[str, float]] = {}
     for s in config.seeds:
         row: dict[str, float] = {}
@@ -41,7 +43,7 @@ def run_pair(ctx: EvalContext, sae, setup: PairSetup, config: SCRConfig) -> tupl
             original = setup.clean[s][("biased", measured)]
             oracle = setup.clean[s][(measured, measured)]
             for n in config.n_values:
-                changed = probe_accuracy(setup, run.view, s, "biased", measured, run.ranked[(s, ablated)][:n])
+                changed = probe_accuracy(setup, run.view, s, "biased", measured, run.ablated(s, ablated, n))
                 row[f"scr_dir{d}_threshold_{n}"] = normalized_gain(changed, original, oracle)
                 if direction == d:
                     row[f"scr_metric_threshold_{n}"] = row[f"scr_dir{d}_threshold_{n}"]

@@ -6,13 +6,18 @@ S_TPP = mean_i [A_i - A_i^(abl i)] - mean_i mean_{j != i} [A_j - A_j^(abl i)]
 (``tpp_threshold_N_total_metric`` = intended - unintended), averaged over datasets, then over seeds.
 
 Mode "saebench" keeps SAEBench's quirks: probe epoch chosen on the test set, negatives redrawn for every
-evaluation, padded positions entering the ablated mean. Mode "validation" selects on a held-out part of the
-training data, draws each class's test negatives once, and pools ordinary tokens only.
+evaluation, padded positions entering the ablated mean; and its random stream: per seed one generator seeded
+like SAEBench's ``torch.manual_seed(seed)`` that draws, over the datasets in order, what SAEBench draws in its
+order (per class its train and test negatives, then its probe's init and epoch orders; the clean-accuracy
+negatives; the attribution negatives; per ablated class and N each class's negatives), so a seed gives
+SAEBench's numbers. Mode "validation" selects on a held-out part of the training data, draws each class's test
+negatives once from its own labelled seeds, and pools ordinary tokens only.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -30,50 +35,104 @@ from saeval.analysis.erasure import (
     fit_probes,
     quirks,
     sae_pass,
+    saebench_top_n,
     split_metrics,
     split_validation,
+    stream_spec,
+    stream_train,
     summarize,
     top_n,
 )
-from saeval.analysis.probes import LinearProbe, generator, one_vs_rest_negatives
+from saeval.analysis.probes import LinearProbe, ProbeFit, SAEBenchStream, generator, one_vs_rest_negatives
 from saeval.data.labeled import ErasureTask, load_labeled, tpp_task
 from saeval.evals.base import EvalContext
 from saeval.evals.tpp.config import TPPConfig, TPPDetails, TPPMetrics, TPPResult
 
 
+@dataclass
 class TPPDraws:
-    """Every random example set of one seed, drawn up front so each evaluation is reproducible."""
+    """Every random example set of one seed on one dataset, drawn up front so each evaluation is reproducible."""
 
-    def __init__(self, task: ErasureTask, seed: int, mode: str, fraction: float):
-        self.task, self.seed, self.mode = task, seed, mode
-        self.train = {c: np.asarray(v) for c, v in task.train.items()}
-        self.test = {c: np.asarray(v) for c, v in task.test.items()}
-        self.specs: list[ProbeSpec] = []
-        self.attr: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        self.clean: dict[str, np.ndarray] = {}
-        for c in self.train:
-            neg = self._neg(self.train, c, "train")
-            if mode == "saebench":
-                sel_pos, sel_neg = self.test[c], self._neg(self.test, c, "select")
-                fit_pos, fit_neg = self.train[c], neg
-                self.attr[c] = (self.train[c], self._neg(self.train, c, "attribution"))
-                self.clean[c] = self._neg(self.test, c, "clean")
-            else:
-                fit_pos, sel_pos = split_validation(self.train[c], fraction, generator("tpp", seed, c, "val+"))
-                fit_neg, sel_neg = split_validation(neg, fraction, generator("tpp", seed, c, "val-"))
-                self.attr[c] = (self.train[c], neg)
-                self.clean[c] = self._neg(self.test, c, "test")
-            self.specs.append(ProbeSpec(name=c, train_pos=fit_pos.tolist(), train_neg=fit_neg.tolist(),
-                                        sel_pos=sel_pos.tolist(), sel_neg=sel_neg.tolist()))
+    train: dict[str, np.ndarray]
+    test: dict[str, np.ndarray]
+    specs: list[ProbeSpec] = field(default_factory=list)
+    attr: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # attribution (pos, neg)
+    clean: dict[str, np.ndarray] = field(default_factory=dict)  # test negatives of the clean accuracies
+    ablation: dict[tuple[str, int, str], np.ndarray] = field(default_factory=dict)  # saebench: per evaluation
+    fits: dict[str, tuple[LinearProbe, ProbeFit]] = field(default_factory=dict)  # trained while drawing
 
-    def _neg(self, split: dict[str, np.ndarray], c: str, purpose: str, *extra: object) -> np.ndarray:
-        others = [split[o] for o in split if o != c]
-        return one_vs_rest_negatives(len(split[c]), others, generator("tpp", self.seed, c, purpose, *extra))
+    @classmethod
+    def validation(cls, task: ErasureTask, seed: int, fraction: float) -> TPPDraws:
+        d = cls(_split(task.train), _split(task.test))
+        for c in d.train:
+            neg = _negatives(d.train, c, seed, "train")
+            fit_pos, sel_pos = split_validation(d.train[c], fraction, generator("tpp", seed, c, "val+"))
+            fit_neg, sel_neg = split_validation(neg, fraction, generator("tpp", seed, c, "val-"))
+            d.attr[c] = (d.train[c], neg)
+            d.clean[c] = _negatives(d.test, c, seed, "test")
+            d.specs.append(ProbeSpec(name=c, train_pos=fit_pos.tolist(), train_neg=fit_neg.tolist(),
+                                     sel_pos=sel_pos.tolist(), sel_neg=sel_neg.tolist()))
+        return d
+
+    @classmethod
+    def saebench(cls, task: ErasureTask, stream: SAEBenchStream, d_model: int, config: TPPConfig, fit=None,
+                 later: SAEBenchStream | None = None) -> TPPDraws:
+        """SAEBench run_eval_single_dataset's draws, in its order; ``fit(spec)`` trains (or loads) each probe
+        where SAEBench trains it (without it the epochs must be fixed: see ``stream_train``). ``later``: the
+        stream of a later SAEBench run that loads the saved probes (its artifacts) instead of training them, so
+        it draws only the attribution and ablation negatives; those are then taken from it."""
+        d = cls(_split(task.train), _split(task.test))
+        classes = list(d.train)
+        for c in classes:  # train_probe_on_activations: train draw, test draw, training, per class
+            train, sel = _draw(stream, d.train, c), _draw(stream, d.test, c)
+            d.specs.append(stream_spec(stream, c, train, sel))
+            trained = stream_train(stream, d.specs[-1], d_model, config.probe, fit)
+            if trained is not None:
+                d.fits[c] = trained
+        for c in classes:  # get_probe_test_accuracy
+            d.clean[c] = _draw(stream, d.test, c).neg
+        d.attr, d.ablation = d._per_sae_draws(stream, config.n_values)
+        if later is not None:
+            d.attr, d.ablation = d._per_sae_draws(later, config.n_values)
+        return d
+
+    def _per_sae_draws(self, stream: SAEBenchStream, n_values: list[int]) -> tuple[dict, dict]:
+        """get_all_node_effects_for_one_sae, then perform_feature_ablations (per ablated class and N)."""
+        classes = list(self.train)
+        attr = {c: (self.train[c], _draw(stream, self.train, c).neg) for c in classes}
+        ablation = {(i, n, j): _draw(stream, self.test, j).neg for i in classes for n in n_values for j in classes}
+        return attr, ablation
 
     def ablation_negatives(self, ablated: str, n: int, measured: str) -> np.ndarray:
-        if self.mode == "saebench":  # SAEBench's prepare_probe_data draws anew on every call
-            return self._neg(self.test, measured, "ablation", ablated, n)
+        if self.ablation:  # SAEBench's prepare_probe_data draws anew on every call
+            return self.ablation[(ablated, n, measured)]
         return self.clean[measured]
+
+
+def _split(groups: dict[str, list[int]]) -> dict[str, np.ndarray]:
+    return {c: np.asarray(v) for c, v in groups.items()}
+
+
+def _draw(stream: SAEBenchStream, split: dict[str, np.ndarray], c: str):
+    return stream.one_vs_rest(split[c], [split[o] for o in split if o != c])
+
+
+def _negatives(split: dict[str, np.ndarray], c: str, seed: int, purpose: str) -> np.ndarray:
+    others = [split[o] for o in split if o != c]
+    return one_vs_rest_negatives(len(split[c]), others, generator("tpp", seed, c, purpose))
+
+
+def seed_draws(task: ErasureTask, acts: ExampleActivations, config: TPPConfig, seed: int,
+               stream: SAEBenchStream | None = None, later: SAEBenchStream | None = None,
+               ) -> tuple[TPPDraws, dict[str, tuple[LinearProbe, ProbeFit]]]:
+    """One seed's draws and probes on one dataset (mode saebench: continuing ``stream``, a fresh one if None;
+    ``later``: see TPPDraws.saebench)."""
+    if config.mode != "saebench":
+        d = TPPDraws.validation(task, seed, config.validation_fraction)
+        return d, fit_probes(acts, d.specs, config.probe, seed)
+    d = TPPDraws.saebench(task, stream or SAEBenchStream(seed), acts.d_model, config,
+                          fit=lambda spec: fit_probes(acts, [spec], config.probe, seed)[spec.name], later=later)
+    return d, d.fits
 
 
 def tpp_metrics(clean: dict[str, float], ablated: dict[tuple[str, int, str], float], classes: list[str],
@@ -102,11 +161,14 @@ def prepare(ctx: EvalContext, dataset: str, config: TPPConfig):
     return task, cached_activations(ctx, task, config.ctx_len, config.llm_batch_size, config.sink_ratio)
 
 
-def run_dataset(ctx: EvalContext, sae, dataset: str, config: TPPConfig) -> tuple[dict, dict, float]:
+def run_dataset(ctx: EvalContext, sae, dataset: str, config: TPPConfig,
+                streams: dict[int, SAEBenchStream] | None = None,
+                later: dict[int, SAEBenchStream] | None = None) -> tuple[dict, dict, float]:
     start = time.time()
     task, acts = prepare(ctx, dataset, config)
-    draws = {s: TPPDraws(task, s, config.mode, config.validation_fraction) for s in config.seeds}
-    fits = {s: fit_probes(acts, draws[s].specs, config.probe, s) for s in config.seeds}
+    draws, fits = {}, {}
+    for s in config.seeds:
+        draws[s], fits[s] = seed_draws(task, acts, config, s, (streams or {}).get(s), (later or {}).get(s))
     probes = {s: {c: probe for c, (probe, _) in fits[s].items()} for s in config.seeds}
     setup = time.time() - start
     per_seed, detail = tpp_scores(sae, task, acts, draws, probes, config)
@@ -130,18 +192,21 @@ def tpp_scores(sae, task: ErasureTask, acts: ExampleActivations, draws: dict[int
     sets = [part for s in seeds for c in classes for part in draws[s].attr[c]]
     means = sae_pass(sae, acts, train_ids, sets=sets).means_SF
     assert means is not None
+    saebench = config.mode == "saebench"
     n_max = max(config.n_values)
-    selected: dict[tuple[int, str], Tensor] = {}
+    selected: dict[tuple[int, str, int], Tensor] = {}
     effects_top: dict[tuple[int, str], list] = {}
     nonzero: dict[tuple[int, str], int] = {}
     for k, (s, c) in enumerate((s, c) for s in seeds for c in classes):
         effects = attribution(means[2 * k], means[2 * k + 1], rows_FD @ probes[s][c].w_D, "tpp")
-        selected[(s, c)] = top_n(effects, n_max)
+        ranked = top_n(effects, n_max)
+        for n in config.n_values:
+            selected[(s, c, n)] = saebench_top_n(effects, n) if saebench else ranked[:n]
         nonzero[(s, c)] = int((effects != 0).sum())
-        effects_top[(s, c)] = [[int(f), float(effects[f])] for f in selected[(s, c)][: config.top_latents_recorded]]
+        effects_top[(s, c)] = [[int(f), float(effects[f])] for f in ranked[: config.top_latents_recorded]]
     test_ids = np.unique(np.concatenate(list(draws[seeds[0]].test.values())))
     keep = torch.cat(list(selected.values()))
-    view = ablation_view(sae, acts, test_ids, keep, padding_quirk=config.mode == "saebench")
+    view = ablation_view(sae, acts, test_ids, keep, padding_quirk=saebench)
 
     per_seed, clean_accs, per_class = {}, {}, {}
     for s in seeds:
@@ -149,10 +214,10 @@ def tpp_scores(sae, task: ErasureTask, acts: ExampleActivations, draws: dict[int
 
         def acc(j: str, negatives: np.ndarray, latents: Tensor, s: int = s, d: TPPDraws = d) -> float:
             rows = np.concatenate([d.test[j], negatives])
-            return accuracy_of(view.logits(probes[s][j], acts.xbar_ED, rows, latents), len(d.test[j]))
+            return accuracy_of(view.logits(probes[s][j], acts.xbar_ED, rows, latents), len(d.test[j]), saebench)
 
         clean = {j: acc(j, d.clean[j], torch.zeros(0, dtype=torch.long)) for j in classes}
-        ablated = {(i, n, j): acc(j, d.ablation_negatives(i, n, j), selected[(s, i)][:n])
+        ablated = {(i, n, j): acc(j, d.ablation_negatives(i, n, j), selected[(s, i, n)])
                    for i in classes for n in config.n_values for j in classes}
         per_seed[s], per_class[s] = tpp_metrics(clean, ablated, classes, config.n_values)
         clean_accs[s] = clean
@@ -167,13 +232,19 @@ def tpp_scores(sae, task: ErasureTask, acts: ExampleActivations, draws: dict[int
 
 
 @torch.inference_mode()
-def run(ctx: EvalContext, sae, config: TPPConfig) -> TPPResult:
+def run(ctx: EvalContext, sae, config: TPPConfig, saved_probes: bool = False) -> TPPResult:
+    """``saved_probes`` (mode saebench): the numbers of an SAEBench run that found the probes an earlier run at
+    the same hook saved (every SAE after the first in a sweep, or a rerun) and so draws only the attribution and
+    ablation negatives from its freshly seeded stream; else those of the run that trained them."""
     check_erasure_config(config, sae, "labeled dataset")
     sae = sae.to(ctx.host.device)
     start = time.time()
     results, details, setup = {}, {}, 0.0
+    # SAEBench seeds once per SAE and its stream runs on through the datasets.
+    streams = {s: SAEBenchStream(s) for s in config.seeds} if config.mode == "saebench" else None
+    later = {s: SAEBenchStream(s) for s in config.seeds} if streams and saved_probes else None
     for dataset in config.datasets:
-        results[dataset], details[dataset], seconds = run_dataset(ctx, sae, dataset, config)
+        results[dataset], details[dataset], seconds = run_dataset(ctx, sae, dataset, config, streams, later)
         setup += seconds
     flat, per_seed = summarize(results, config.seeds)
     metrics, by_n = split_metrics(flat, TPPMetrics)
