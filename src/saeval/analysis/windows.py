@@ -85,6 +85,9 @@ class WindowCollector:
             raise SaevalError("no latents given: pass at least one latent index")
         self.sae, self.window, self.k, self.wpc = sae, window, k, windows_per_context
         self.feats = torch.tensor(feats, dtype=torch.long)
+        # Selecting columns is skipped only for exactly 0..d_sae-1 in order: any other list (a permutation too)
+        # must be read through index_select.
+        self.select = feats != list(range(n))
         F = len(feats)
         self.keys = {c: torch.full((F, k), -torch.inf, dtype=torch.float64) for c in CRITERIA}
         self.ids = {c: torch.full((F, k), -1, dtype=torch.long) for c in CRITERIA}
@@ -107,7 +110,7 @@ class WindowCollector:
         W, n_w, k = self.window, self.wpc, self.k
         device = self.sae.W_enc.device
         f_BLF = self.sae.encode(acts_BLD.to(device))
-        if len(self.feats) < f_BLF.shape[-1]:
+        if self.select:
             f_BLF = f_BLF.index_select(-1, self.feats.to(device))  # much faster than f[..., idx] on CPU
         f_BLF = f_BLF.float().cpu()
         # Special tokens never count. Position 0 (BOS) is outside every window and the tail, so only specials

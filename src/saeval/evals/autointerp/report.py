@@ -1,0 +1,36 @@
+"""Autointerp's report section: the summary scores, then each latent's explanation and scores."""
+
+from __future__ import annotations
+
+import html
+
+
+def _num(value) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def _row(latent: dict, scorers: list[str]) -> str:
+    cells = "".join(f"<td>{_num(latent['scores'][s]['score']) if s in latent['scores'] else ''}</td>"
+                    for s in scorers)
+    text = html.escape(latent["explanation"] or latent["note"])
+    return f"<tr><td>{latent['latent']}</td><td>{latent['n_active_tokens']}</td>{cells}" \
+           f"<td style='text-align:left'>{text}</td></tr>"
+
+
+def report(records: list[dict]) -> str:
+    parts = []
+    for rec in records:
+        d, m = rec["details"], rec["metrics"]
+        scorers = list(rec["config"]["scorers"])
+        usage = "; ".join(f"{role} {html.escape(u['model'])}: {u['n_calls']} calls, "
+                          f"{u['prompt_tokens'] + u['completion_tokens']} tokens" for role, u in d["usage"].items())
+        parts.append(
+            f"<p class='note'>{html.escape(rec['sae']['name'])}: autointerp_score {_num(m['autointerp_score'])}, "
+            f"detection {_num(m['detection_balanced_accuracy'])}, fuzzing {_num(m['fuzzing_balanced_accuracy'])} "
+            f"(balanced accuracy, chance 0.5) on {m['n_scored']} of {m['n_latents']} latents; explainer "
+            f"{html.escape(d['explainer'])}, judge {html.escape(d['judge'])} ({html.escape(d['judge_format'])}); "
+            f"{usage}</p><table><tr><th>latent</th><th>active tokens</th>"
+            + "".join(f"<th>{html.escape(s)}</th>" for s in scorers)
+            + "<th>explanation</th></tr>" + "".join(_row(lat, scorers) for lat in d["latents"]) + "</table>"
+        )
+    return "\n".join(parts)
