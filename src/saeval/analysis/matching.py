@@ -7,19 +7,21 @@ full F1 x F2 matrix is only materialised when an exact dense assignment is affor
 - shared feature ratio: Hungarian assignment maximising the summed cosine (scipy linear_sum_assignment),
   then the fraction of matched pairs above the threshold.
 
-Wide SAEs (e.g. two 65k dictionaries) do not fit a dense assignment. There each latent of the smaller SAE keeps
-its top-k partners, and since no other partner beats its (k+1)-th cosine, the dense problem relaxes to a
-max-weight matching on that sparse candidate graph (see _sparse_assign). That is a linear program with integral
-vertices: HiGHS's dual simplex solves it exactly in seconds at 65k latents (scipy's LAPJVsp, kept as the
-fallback, scans every column at each step of its shortest-path search and took minutes at 32k), and its duals
-are checked as a certificate. When the relaxation matches every latent, the matching is certified optimal for
-the dense problem. Otherwise (typical for unshared latents, whose optimal partners lie deeper than top-k) the
-result is flagged as not certified, with a bound on how far its summed cosine can be below the optimum; it is
-completed by re-solving the unmatched latents and those of the weakest pairs, as many as fit, exactly and densely.
+Wide SAEs (e.g. two 65k dictionaries) do not fit a dense assignment; there the same optimum comes from column
+generation on a sparse candidate graph (see _sparse_assign), starting from each row's top-k. Every row of the
+smaller SAE is matched: exactly on the candidates by scipy's LAPJVsp, which with the least column prices v >= 0
+consistent with that matching (Bellman-Ford) is the restricted LP's primal and dual optimum. A chunked pass over
+all of C, never materialised, then prices every pair: with u_i = max_j (c_ij - v_j), (u, v) is a feasible dual
+of the dense problem, so sum u + sum v bounds the optimum, and the gap, sum_i [u_i - (c_iM(i) - v_M(i))] (plus
+prices of unmatched columns), is zero exactly when no pair has positive reduced cost. A pair whose slack
+u_i + v_j - c_ij exceeds the gap lies in no optimal matching; the pass adds the others, and once every row's
+candidates hold all of its eligible pairs the restricted optimum is the dense one. Growth that stalls ends in a
+dense solve where one fits, else in a matching flagged not certified, with its gap.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -28,20 +30,25 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment, linprog
+from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 from torch import Tensor
 
 from saeval.errors import SaevalError
 
+log = logging.getLogger(__name__)
+
 THRESHOLD = 0.7
 DENSE_LIMIT = 8192  # exact dense assignment when n_a * n_b <= DENSE_LIMIT**2 (~0.5 GB of float64 costs)
+FALLBACK_LIMIT = 16384  # ... and as the fallback of a stalled sparse solve up to this (2 GB, tens of seconds)
 BLOCK = 2**25  # cosine entries per chunk of a chunked pass (128 MB of float32)
-GAP_TOL = 1e-6  # summed cosine: the LP's matching is accepted when its dual bound is this close (else LAPJVsp)
-GROW, GROW_ROUNDS = 4, 3  # rows the relaxation leaves unmatched get GROW x longer candidate lists, this many times
-GROW_MAX = 0.02  # ... while they are at most this fraction of the rows (else each round costs a full LP solve
-# and, for unshared latents, only displaces others: certification is out of reach there anyway)
-
+GAP_TOL = 1e-6  # summed cosine: a dual bound this close to the matching certifies it
+EPS = 1e-6  # slack margin: one pair's float32 cosine differs by ~1e-7 between passes of different chunk shapes
+F32_ERR = 1e-6  # bound on the float32 rounding of c_ij - v_j (cosines and prices of magnitude below ~4)
+MAX_ROUNDS = 8  # pricing passes over all of C (each costs about one top-k pass)
+STALL = 0.5  # a round that does not at least halve the gap has stalled
+EDGE_BUDGET = 2**23  # candidates at most after growing the lists of open rows to all their eligible pairs
+BF_ITERS = 10_000  # Bellman-Ford rounds at most (each extends the longest paths by one edge; hundreds at 16k)
 
 @dataclass
 class MatchResult:
@@ -51,7 +58,7 @@ class MatchResult:
     top1_ratio: float
     threshold: float
     method: str  # "dense" or "sparse(k=..)"
-    exact: bool  # True: the assignment is provably optimal for the full (dense) problem
+    certified: bool  # True: the assignment is provably optimal for the full (dense) problem
     rows: np.ndarray  # SAE-1 latent of each matched pair
     cols: np.ndarray  # SAE-2 latent
     similarity: np.ndarray  # cosine of each matched pair
@@ -59,8 +66,13 @@ class MatchResult:
     n_a: int
     n_b: int
     seconds: float = 0.0
-    gap: float = 0.0  # the summed cosine is at most this far below the dense optimum (~0 when exact)
+    gap: float = 0.0  # the summed cosine is at most this far below the dense optimum (0, to float error, if certified)
+    rounds: int = 0  # pricing passes of the sparse path
     phases: dict[str, float] = field(default_factory=dict)  # seconds per phase (cosines/top-k, solve, ...)
+
+    @property
+    def exact(self) -> bool:  # the earlier name of ``certified``
+        return self.certified
 
     @property
     def pairs(self) -> list[tuple[int, int, float]]:
@@ -80,7 +92,8 @@ class MatchResult:
             "top1_ratio": self.top1_ratio,
             "threshold": self.threshold,
             "method": self.method,
-            "exact": self.exact,
+            "certified": self.certified,
+            "exact": self.certified,
             "optimality_gap": self.gap,
             "n_a": self.n_a,
             "n_b": self.n_b,
@@ -147,11 +160,12 @@ class Assignment(NamedTuple):
     rows: np.ndarray
     cols: np.ndarray
     sims: np.ndarray  # cosine of each pair
-    exact: bool  # provably optimal for the full (dense) problem
+    certified: bool  # provably optimal for the full (dense) problem
     best_b: np.ndarray  # per B row: best cosine to any A row
     best_a: np.ndarray  # per A row: best cosine to any B row
     gap: float  # upper bound on (dense optimum - summed cosine)
     phases: dict[str, float]
+    rounds: int = 0
 
 
 def _dense_assign(A: Tensor, B: Tensor) -> Assignment:
@@ -169,131 +183,212 @@ def _dense_assign(A: Tensor, B: Tensor) -> Assignment:
     return Assignment(r, c, -cost[r, c], True, -cost.min(0, initial=np.inf), -cost.min(1, initial=np.inf), 0.0, phases)
 
 
-def _edges(val_RK: Tensor, idx_RK: Tensor, k: int, rows: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Candidate edges (row, col, cosine) of ``rows`` from their sorted top-(k+1) lists, and each row's bound on
-    the cosine to any column outside its list (-1 when the list holds every column)."""
-    k = min(k, idx_RK.shape[1])
-    bound = val_RK[:, k].double().numpy() if val_RK.shape[1] > k else np.full(len(rows), -1.0)
-    cos = val_RK[:, :k].reshape(-1).double().numpy()
-    return np.repeat(rows, k), idx_RK[:, :k].reshape(-1).numpy(), cos, bound
+# ------------------------------------------------------------------------------- sparse: column generation
+def _row_perfect_matching(er: np.ndarray, ec: np.ndarray, w: np.ndarray, n_a: int, n_b: int) -> np.ndarray:
+    """Max-weight matching of every row (n_a <= n_b) on the edges (er, ec) with weights w, which must admit one:
+    the column of each row. scipy's LAPJVsp is exact and, on these graphs, several times faster than HiGHS on the
+    same LP; its duals are not exposed, hence _min_prices. Costs 3 - w > 0 keep every edge explicit."""
+    rows, cols = min_weight_full_bipartite_matching(sp.csr_matrix((3.0 - w, (er, ec)), shape=(n_a, n_b)))
+    match = np.empty(n_a, dtype=np.int64)
+    match[rows] = cols
+    return match
 
 
-def _max_weight_matching(er: np.ndarray, ec: np.ndarray, w: np.ndarray, n_a: int, n_b: int) -> tuple[np.ndarray, float]:
-    """Maximum-weight (not necessarily perfect) matching of the bipartite graph with edges (er, ec) and weights
-    w >= 0: the indices of the edges it uses, and an upper bound on the optimum that it attains (to GAP_TOL)."""
-    m = len(er)
-    if m == 0:
-        return np.zeros(0, dtype=np.int64), 0.0
-    # LP: max w.x with each vertex on at most one chosen edge, x >= 0. A bipartite incidence matrix is totally
-    # unimodular, so the simplex method's (basic) optimum is a 0/1 matching.
-    incidence = sp.csc_matrix(
-        (np.ones(2 * m), (np.concatenate([er, n_a + ec]), np.tile(np.arange(m), 2))), shape=(n_a + n_b, m)
-    )
-    res = linprog(-w, A_ub=incidence, b_ub=np.ones(n_a + n_b), bounds=(0, None), method="highs-ds")
-    if res.status == 0:
-        chosen = np.flatnonzero(res.x > 0.5)
-        integral = bool(np.all(np.abs(res.x - np.round(res.x)) < 1e-6))
-        one_to_one = len(np.unique(er[chosen])) == len(np.unique(ec[chosen])) == len(chosen)
-        # Weak duality, checked rather than trusted: for any y >= 0 on the vertices, a matching x weighs
-        # w.x = sum (y_r + y_c) x + sum (w - y_r - y_c) x <= sum y + sum max(w - y_r - y_c, 0).
-        y = np.maximum(-res.ineqlin.marginals, 0.0)
-        upper = float(y.sum() + np.maximum(w - y[er] - y[n_a + ec], 0.0).sum())
-        if integral and one_to_one and upper - w[chosen].sum() <= GAP_TOL:
-            return chosen, upper
-    return _lapjvsp_matching(er, ec, w, n_a, n_b)
+def _min_prices(er: np.ndarray, ec: np.ndarray, w: np.ndarray, match: np.ndarray, n_b: int) -> np.ndarray:
+    """The least column prices v >= 0 that, with u_i = w_iM(i) - v_M(i), are a feasible dual on the edges (sorted
+    by row): v_j = max(0, max over edges (i, j) of v_M(i) + w_ij - w_iM(i)), longest paths by Bellman-Ford over
+    the rows whose matched column changed. Finite since M is optimal on the edges (no alternating cycle gains);
+    the iteration cap only guards against float creep, and any v >= 0 still gives a valid bound."""
+    n_a = len(match)
+    mine = match[er] == ec
+    own = np.zeros(n_a)
+    own[er[mine]] = w[mine]
+    gain = w - own[er]  # along the arc M(i) -> j
+    row_of = np.full(n_b, -1)
+    row_of[match] = np.arange(n_a)
+    ptr = np.searchsorted(er, np.arange(n_a + 1))
+    v, rows = np.zeros(n_b), np.arange(n_a)
+    for _ in range(BF_ITERS):
+        lens = ptr[rows + 1] - ptr[rows]
+        edge = np.repeat(ptr[rows] - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
+        new = v.copy()
+        np.maximum.at(new, ec[edge], v[match[er[edge]]] + gain[edge])
+        rows = row_of[np.flatnonzero(new > v + 1e-12)]
+        v = new
+        rows = rows[rows >= 0]
+        if not len(rows):
+            break
+    return v
 
 
-def _lapjvsp_matching(er: np.ndarray, ec: np.ndarray, w: np.ndarray, n_a: int, n_b: int) -> tuple[np.ndarray, float]:
-    """Same as _max_weight_matching, by scipy's LAPJVsp (exact, but slow beyond ~10k vertices; the fallback).
-
-    As a perfect matching on an augmented graph: row i may take its own dummy column (n_b + i), column j its own
-    dummy row (n_a + j), and dummy row (n_a + j) may take dummy column (n_b + i) wherever (i, j) is an edge, so
-    every matching of the graph extends to a perfect one. With cost K - w on edges and K elsewhere, every perfect
-    matching pays K (n_a + n_b) minus its real edges' weight; K = 3 > max w keeps every cost positive."""
-    K, m = 3.0, len(er)
-    rows = np.concatenate([er, np.arange(n_a), n_a + np.arange(n_b), n_a + ec])
-    cols = np.concatenate([ec, n_b + np.arange(n_a), np.arange(n_b), n_b + er])
-    vals = np.concatenate([K - w, np.full(n_a + n_b + m, K)])
-    match_rows, match_cols = min_weight_full_bipartite_matching(
-        sp.csr_matrix((vals, (rows, cols)), shape=(n_a + n_b, n_b + n_a))
-    )
-    real = (match_rows < n_a) & (match_cols < n_b)
-    edge_id = sp.csr_matrix((np.arange(1, m + 1), (er, ec)), shape=(n_a, n_b))
-    chosen = np.asarray(edge_id[match_rows[real], match_cols[real]]).ravel() - 1
-    return chosen, float(w[chosen].sum())
+class _Prices(NamedTuple):
+    best: np.ndarray  # per row: max_j (c_ij - v_j), the dual u_i that makes (u, v) feasible
+    own: np.ndarray  # per row: c_iM(i) - v_M(i)
+    idx: np.ndarray  # [rows, m + 1] the columns of the m + 1 largest c_ij - v_j
+    cos: np.ndarray  # [rows, m + 1] their cosines
+    beyond: np.ndarray  # per row: bound on c_ij - v_j of the other columns (-inf when the list holds them all)
 
 
-def _sparse_assign(A: Tensor, B: Tensor, k: int, dense_limit: int) -> Assignment:
-    """Exact assignment on the top-k candidate graph, certified optimal for the dense problem when it matches
-    every row of the smaller side through candidate edges (see the bound below)."""
+def _price(A: Tensor, B: Tensor, v_B: np.ndarray, match: np.ndarray, m: int) -> _Prices:
+    """One chunked pass over C = A B^T, each row's pairs ranked by c_ij - v_j in float32; best and own are then
+    recomputed in float64 from the same cosines (so rows whose matched column is their best add nothing)."""
+    n_a, n_b = len(A), len(B)
+    m1 = min(m + 1, n_b)
+    v32, v64, match_t = torch.from_numpy(v_B.astype(np.float32)), torch.from_numpy(v_B), torch.from_numpy(match)
+    idx, cos = torch.empty(n_a, m1, dtype=torch.long), torch.empty(n_a, m1)
+    own_cos, last, exact = torch.empty(n_a), torch.empty(n_a), torch.full((n_a,), -torch.inf, dtype=torch.float64)
+    chunk = max(1, BLOCK // max(n_b, 1))
+    for s in range(0, n_a, chunk):
+        block_CB = A[s : s + chunk] @ B.T
+        val, idx[s : s + chunk] = (block_CB - v32).topk(m1, dim=1)
+        last[s : s + chunk] = val[:, -1]
+        cos[s : s + chunk] = block_CB.gather(1, idx[s : s + chunk])
+        own_cos[s : s + chunk] = block_CB.gather(1, match_t[s : s + chunk, None])[:, 0]
+        # Rows tied across their whole list (min prices tie a row with every column it prices): their best in
+        # float64 over all columns, so that the bound need not allow for float32 error beyond the list.
+        tied = torch.nonzero(val[:, -1] >= val[:, 0] - F32_ERR)[:, 0]
+        if len(tied) and m1 < n_b:
+            exact[s + tied] = (block_CB[tied].double() - v64).amax(1)
+    idx_np, cos_np = idx.numpy(), cos.double().numpy()
+    own = own_cos.double().numpy() - v_B[match]
+    best = np.maximum((cos_np - v_B[idx_np]).max(1), own)
+    # Columns outside the list rank below its last pair in float32, so within F32_ERR of it in float64.
+    beyond = last.double().numpy() + F32_ERR if m1 < n_b else np.full(n_a, -np.inf)
+    exact_np = exact.numpy()
+    tied = np.isfinite(exact_np)
+    best = np.where(tied, np.maximum(best, exact_np), np.maximum(best, np.where(beyond >= best, beyond, -np.inf)))
+    return _Prices(best, own, idx_np, cos_np, np.where(tied, best, beyond))
+
+
+def _eligible(A: Tensor, B: Tensor, v_B: np.ndarray, floor: np.ndarray, rows: np.ndarray, budget: int):
+    """Every pair (i, j) of ``rows`` with c_ij - v_j >= floor_i (to float32 error), as edges (row, col, cosine), by
+    one chunked pass over those rows; None as soon as they would exceed ``budget`` at the rate so far."""
+    v32 = torch.from_numpy(v_B.astype(np.float32))
+    floor32 = torch.from_numpy((floor - F32_ERR).astype(np.float32))
+    out, total = [], 0
+    chunk = max(1, BLOCK // max(len(B), 1))
+    for s in range(0, len(rows), chunk):
+        r = torch.from_numpy(rows[s : s + chunk])
+        block_CB = A[r] @ B.T
+        i, j = ((block_CB - v32) >= floor32[r, None]).nonzero(as_tuple=True)
+        total += len(i)
+        if total * len(rows) > budget * min(s + chunk, len(rows)):
+            return None
+        out.append((r[i].numpy(), j.numpy(), block_CB[i, j].double().numpy()))
+    return tuple(np.concatenate(x) for x in zip(*out, strict=True))
+
+
+def _unique_edges(er: np.ndarray, ec: np.ndarray, w: np.ndarray, n_b: int) -> tuple[np.ndarray, ...]:
+    """Edges without repeats, sorted by row (then column); a repeat keeps its first cosine."""
+    _, first = np.unique(er * n_b + ec, return_index=True)
+    return er[first], ec[first], w[first]
+
+
+def _restricted_gap(er: np.ndarray, ec: np.ndarray, w: np.ndarray, match: np.ndarray, v: np.ndarray) -> float:
+    """Dual bound minus value of the matching, as if the edges were the whole problem."""
+    reduced = w - v[ec]
+    best = np.full(len(match), -np.inf)
+    np.maximum.at(best, er, reduced)
+    mine = match[er] == ec
+    unmatched = np.setdiff1d(np.arange(len(v)), match)
+    return float(best.sum() - reduced[mine].sum() + v[unmatched].sum())
+
+
+def _sparse_assign(A: Tensor, B: Tensor, k: int, fallback_limit: int = FALLBACK_LIMIT) -> Assignment:
+    """The dense optimum by column generation over a sparse candidate graph, certified by the duals (see the
+    module docstring); when growth stalls, a dense solve if n_a * n_b <= fallback_limit**2, else the best matching
+    found with its (tight) gap bound, flagged not certified."""
     if len(A) > len(B):
-        t = _sparse_assign(B, A, k, dense_limit)
-        return Assignment(t.cols, t.rows, t.sims, t.exact, t.best_a, t.best_b, t.gap, t.phases)
+        t = _sparse_assign(B, A, k, fallback_limit)
+        return Assignment(t.cols, t.rows, t.sims, t.certified, t.best_a, t.best_b, t.gap, t.phases, t.rounds)
     n_a, n_b = len(A), len(B)
     A, B = unit_rows(A), unit_rows(B)
-    phases = dict.fromkeys(("topk", "solve", "grow", "leftover"), 0.0)
+    phases = dict.fromkeys(("topk", "solve", "price", "grow", "dense"), 0.0)
     start = time.time()
-    row_val, row_idx, col_val, _ = _topk_pass(A, B, k + 1, k_cols=1)
+    row_val, row_idx, col_val, _ = _topk_pass(A, B, k, k_cols=1)
     best_b, best_a = col_val[0].numpy(), row_val[:, 0].numpy()
-    er, ec, cos, bound = _edges(row_val, row_idx, k, np.arange(n_a))
+    # Each row's top-k, plus the pairs (i, i) so that the candidates hold a matching of every row.
+    diag = np.arange(n_a)
+    er = np.concatenate([np.repeat(diag, row_idx.shape[1]), diag])
+    ec = np.concatenate([row_idx.reshape(-1).numpy(), diag])
+    w = np.concatenate([row_val.reshape(-1).double().numpy(), (A * B[:n_a]).sum(-1).double().numpy()])
+    er, ec, w = _unique_edges(er, ec, w, n_b)
     phases["topk"] = time.time() - start
-    # A pair (i, j) outside row i's list has cos_ij <= bound_i. Relaxation: maximise the summed cosine of the
-    # matched candidate pairs + bound_i for every row left unmatched. Any dense assignment scores at most this
-    # (its pairs outside the lists are worth <= bound_i, unmatched columns 0), so an optimum that leaves no row
-    # unmatched is optimal for the dense problem too. Less sum(bound), it is a max-weight matching with weights
-    # cos_ij - bound_i >= 0. Rows it leaves unmatched get longer lists (lower bounds), and it is solved again.
-    k_rows = k
-    for round_ in range(GROW_ROUNDS + 1):
+
+    def solve() -> tuple[np.ndarray, np.ndarray]:
         start = time.time()
-        chosen, upper = _max_weight_matching(er, ec, cos - bound[er], n_a, n_b)
+        match = _row_perfect_matching(er, ec, w, n_a, n_b)
+        v = _min_prices(er, ec, w, match, n_b)
         phases["solve"] += time.time() - start
-        left_a = np.setdiff1d(np.arange(n_a), er[chosen])
-        if not len(left_a) or round_ == GROW_ROUNDS or k_rows >= n_b or len(left_a) > GROW_MAX * n_a:
-            break
+        return match, v
+
+    def finish(match: np.ndarray, certified: bool, gap: float, rounds: int) -> Assignment:
+        # The candidates' cosines, from chunked matmuls like the dense path's (so a pair at the threshold falls on
+        # the same side of it), rather than recomputed pair by pair.
+        mine = match[er] == ec
+        sims = np.empty(n_a, dtype=np.float32)
+        sims[er[mine]] = w[mine]
+        return Assignment(diag, match, sims, certified, best_b, best_a, max(gap, 0.0), phases, rounds)
+
+    match, v = solve()
+    gap_prev = np.inf
+    for round_ in range(1, MAX_ROUNDS + 1):
         start = time.time()
-        k_rows = min(k_rows * GROW, n_b)
-        val, idx, _, _ = _topk_pass(A[torch.from_numpy(left_a)], B, k_rows + 1, k_cols=1)
-        keep = ~np.isin(er, left_a)
-        gr, gc, gcos, bound[left_a] = _edges(val, idx, k_rows, left_a)
-        er, ec, cos = np.concatenate([er[keep], gr]), np.concatenate([ec[keep], gc]), np.concatenate([cos[keep], gcos])
-        phases["grow"] += time.time() - start
-    relaxed = upper + float(bound.sum())  # >= the dense optimum
-    mr, mc = er[chosen], ec[chosen]
-    sims = (A[torch.from_numpy(mr)] * B[torch.from_numpy(mc)]).sum(-1).numpy()
-    value = float(cos[chosen].sum())
-    if len(left_a):
-        # Not certified. Complete the matching: the rows left unmatched (their bound beat every free candidate)
-        # and the rows of the weakest matched pairs, as many as fit a dense solve, are re-assigned exactly among
-        # their columns and the free ones. That can only raise the summed cosine (the pairs so far, with the
-        # unmatched rows among the free columns, are one feasible answer); the worst pairs gain most.
-        start = time.time()
-        extra = n_b - n_a
-        fit = int((np.sqrt(extra**2 + 4.0 * dense_limit**2) - extra) / 2)  # s rows x (s + extra) cols fit dense
-        weak = np.argsort(cos[chosen], kind="stable")
-        kept = weak[int(np.clip(fit - len(left_a), 0, len(weak))) :]
-        rows_s = np.setdiff1d(np.arange(n_a), mr[kept])
-        cols_s = np.setdiff1d(np.arange(n_b), mc[kept])
-        sub = assign(A[torch.from_numpy(rows_s)], B[torch.from_numpy(cols_s)], dense_limit, 2 * k)
-        mr, mc = np.concatenate([mr[kept], rows_s[sub.rows]]), np.concatenate([mc[kept], cols_s[sub.cols]])
-        sims = np.concatenate([sims[kept], sub.sims])
-        value = float(cos[chosen][kept].sum() + sub.sims.sum())
-        phases["leftover"] = time.time() - start
-        if not len(kept) and sub.exact:  # the re-solve was the whole problem
-            return Assignment(mr, mc, sims, True, best_b, best_a, 0.0, phases)
-    return Assignment(mr, mc, sims, not len(left_a), best_b, best_a, max(0.0, relaxed - value), phases)
+        p = _price(A, B, v, match, k)
+        unmatched = np.setdiff1d(np.arange(n_b), match)
+        gap = float((p.best - p.own).sum() + v[unmatched].sum())  # dual objective - summed cosine of M
+        phases["price"] += time.time() - start
+        if gap <= GAP_TOL or round_ == MAX_ROUNDS:
+            return finish(match, gap <= GAP_TOL, gap, round_)
+        # A pair of slack best_i - (c_ij - v_j) > gap is in no optimal matching: drop such candidates, add the
+        # priced pairs that are not. A row whose priced list ends above that floor may have more beyond it.
+        floor = p.best - gap - EPS
+        keep = (w - v[ec] >= floor[er]) | (match[er] == ec)
+        new = (p.cos - v[p.idx] >= floor[:, None]).reshape(-1)
+        er = np.concatenate([er[keep], np.repeat(diag, p.idx.shape[1])[new]])
+        ec = np.concatenate([ec[keep], p.idx.reshape(-1)[new]])
+        w = np.concatenate([w[keep], p.cos.reshape(-1)[new]])
+        open_rows = np.flatnonzero(p.beyond >= floor)
+        stalled = gap > STALL * gap_prev
+        log.info("matching %dx%d round %d: gap %.3g, %d candidates, %d rows open", n_a, n_b, round_, gap, len(er),
+                 len(open_rows))
+        if len(open_rows):  # one pass over those rows, that ends the search if their eligible pairs fit
+            start = time.time()
+            more = _eligible(A, B, v, floor, open_rows, EDGE_BUDGET - len(er))
+            if more is not None:
+                er, ec, w = np.concatenate([er, more[0]]), np.concatenate([ec, more[1]]), np.concatenate([w, more[2]])
+                open_rows = open_rows[:0]
+            phases["grow"] += time.time() - start
+        if len(open_rows) and stalled and n_a * n_b <= fallback_limit**2:
+            start = time.time()
+            dense = _dense_assign(A, B)
+            phases["dense"] = time.time() - start
+            return Assignment(dense.rows, dense.cols, dense.sims, True, best_b, best_a, 0.0, phases, round_)
+        er, ec, w = _unique_edges(er, ec, w, n_b)
+        match, v = solve()
+        if not len(open_rows):
+            # The candidates hold every pair that can be in an optimal matching: the restricted optimum is the
+            # dense one, to the float error of its own dual bound.
+            return finish(match, True, _restricted_gap(er, ec, w, match, v), round_)
+        gap_prev = gap
+    raise AssertionError("unreachable")
 
 
-def assign(A: Tensor, B: Tensor, dense_limit: int = DENSE_LIMIT, k: int = 8) -> Assignment:
+def assign(A: Tensor, B: Tensor, dense_limit: int = DENSE_LIMIT, k: int = 32) -> Assignment:
     """Max-cosine one-to-one assignment of the rows of A to the rows of B."""
     if len(A) * len(B) <= dense_limit**2:
         return _dense_assign(A, B)
-    return _sparse_assign(A, B, k, dense_limit)
+    return _sparse_assign(A, B, k)
 
 
 def match_saes(
-    sae_a, sae_b, threshold: float = THRESHOLD, dense_limit: int = DENSE_LIMIT, k: int = 8, method: str = "auto"
+    sae_a, sae_b, threshold: float = THRESHOLD, dense_limit: int = DENSE_LIMIT, k: int = 32, method: str = "auto"
 ) -> MatchResult:
-    """Match the latents of two SAEs by decoder cosine; ``method`` auto | dense | sparse."""
+    """Match the latents of two SAEs by decoder cosine; ``method`` auto | dense | sparse. Both paths return the
+    optimal assignment; the sparse one says whether its duals proved it (``certified``, with ``gap`` 0) and else
+    bounds its distance to the optimum by ``gap``. ``k``: the sparse path's candidates per row to start from and
+    priced per round; with fewer, unshared latents find too few free partners among them, the poor pairs they are
+    forced onto inflate the first prices, and each extra pricing round is another pass over all cosines."""
     start = time.time()
     W_a, W_b = decoder_of(sae_a).detach().float().cpu(), decoder_of(sae_b).detach().float().cpu()
     if W_a.shape[1] != W_b.shape[1]:
@@ -306,14 +401,14 @@ def match_saes(
     if method == "dense" or (method == "auto" and len(W_a) * len(W_b) <= dense_limit**2):
         res, used = _dense_assign(W_a, W_b), "dense"
     else:
-        res, used = _sparse_assign(W_a, W_b, k, dense_limit), f"sparse(k={k})"
+        res, used = _sparse_assign(W_a, W_b, k, FALLBACK_LIMIT), f"sparse(k={k})"
     order = np.argsort(-res.sims, kind="stable")
     return MatchResult(
         shared_feature_ratio=float((res.sims > threshold).mean()) if len(res.sims) else 0.0,
         top1_ratio=float((res.best_b > threshold).mean()),
         threshold=threshold,
         method=used,
-        exact=res.exact,
+        certified=res.certified,
         rows=res.rows[order].astype(np.int64),
         cols=res.cols[order].astype(np.int64),
         similarity=res.sims[order].astype(np.float32),
@@ -322,6 +417,7 @@ def match_saes(
         n_b=len(W_b),
         seconds=round(time.time() - start, 3),
         gap=res.gap,
+        rounds=res.rounds,
         phases={name: round(s, 3) for name, s in res.phases.items()},
     )
 
