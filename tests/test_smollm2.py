@@ -15,7 +15,7 @@ HOOK = "blocks.15.hook_resid_post"
 
 def _core(host, sae):
     spec = get_eval("core")
-    return spec.run(EvalContext(host=host, hook=HOOK, preset="tiny"), sae, spec.config("tiny")).metrics
+    return spec.run_fn()(EvalContext(host=host, hook=HOOK, preset="tiny"), sae, spec.config("tiny")).metrics
 
 
 def test_smollm2_loads_offline_with_its_hooks(smollm2):
