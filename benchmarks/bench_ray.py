@@ -41,6 +41,8 @@ def build(root: Path, n: int) -> tuple[Path, list[str]]:
         torch.manual_seed(i)
         sae = create_sae(SAEConfig(architecture="topk", d_in=64, d_sae=256, k=8, hook_name="blocks.1.hook_resid_post",
                                    name=f"s{i:02d}"))
+        with torch.no_grad():
+            sae.W_enc.normal_()  # a zero encoder would reconstruct nothing
         refs.append(str(save_sae(sae, root / f"s{i:02d}")))
     return root / "model", refs
 
