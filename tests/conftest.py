@@ -24,6 +24,14 @@ for _name in _LINKED:
 os.environ["SAEVAL_CACHE"] = str(_TEST_CACHE)
 
 
+@pytest.fixture(autouse=True)
+def _restore_grad_mode():
+    """Anchor code run in tests (SAEBench's run_eval_single_sae) switches autograd off globally; put it back."""
+    enabled = torch.is_grad_enabled()
+    yield
+    torch.set_grad_enabled(enabled)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache():
     """Every test of this run uses the temp cache set above, never the user's (removed at the end)."""

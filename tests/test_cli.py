@@ -133,7 +133,7 @@ def test_whole_corpus_when_the_request_is_larger_and_strict_refuses(tmp_path, ti
         (["--set", "core.nope=1"], "core has no field 'nope'; fields: n_eval_tokens"),
         (["--set", "core.n_eval_tokens=-1"], "core.n_eval_tokens: Input should be greater than 0"),
         (["--set", "nosuch.x=1"], "unknown eval 'nosuch'"),
-        (["--evals", "core,nosuch"], "unknown eval 'nosuch'; available: core"),
+        (["--evals", "core,nosuch"], "unknown eval 'nosuch'; available: autointerp, core,"),
         (["--preset", "huge"], "no preset 'huge'"),
         (["--device", "cuda"], "--device cuda: this torch"),
         (["--device", "banana"], "--device banana: not a torch device"),
