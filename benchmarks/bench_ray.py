@@ -26,9 +26,9 @@ os.environ.setdefault("SAEVAL_QUIET", "1")
 
 
 def build(root: Path, n: int) -> tuple[Path, list[str]]:
+    from conftest import make_tiny_llama_host
     from transformers import AutoTokenizer
 
-    from conftest import make_tiny_llama_host
     from saeval.hosts.lm import _embedded_smollm2_dir
     from saeval.saes import SAEConfig, create_sae
     from saeval.saes.formats import save_sae
