@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from saeval.errors import SaevalError
+from saeval.registry import Registry
 from saeval.results import EvalResult
 
 
@@ -140,20 +141,14 @@ def validate_config(owner: str, cls: type[BaseModel], values: dict[str, Any]) ->
         raise SaevalError(f"{owner}.{where}: {first['msg']} (got {first.get('input')!r})") from None
 
 
-EVALS: dict[str, EvalSpec] = {}
+EVALS: Registry[EvalSpec] = Registry("eval", "saeval.evals")
 
 
 def register_eval(spec: EvalSpec) -> EvalSpec:
     """Add an eval to the registry; a second eval under a taken name is refused, not silently replaced."""
-    if spec.name in EVALS and EVALS[spec.name] is not spec:
-        raise SaevalError(f"eval {spec.name!r} is already registered by {EVALS[spec.name].config_cls.__module__}")
-    EVALS[spec.name] = spec
-    return spec
+    return EVALS.add(spec)
 
 
 def get_eval(name: str) -> EvalSpec:
-    import saeval.evals  # noqa: F401  (registers the built-in evals)
-
-    if name not in EVALS:
-        raise SaevalError(f"unknown eval {name!r}; available: {', '.join(sorted(EVALS))}")
-    return EVALS[name]
+    """A registered eval (the built-ins register on first use); an unknown name lists the valid ones."""
+    return EVALS.named(name)

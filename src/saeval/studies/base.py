@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from saeval import __version__
 from saeval.errors import SaevalError
 from saeval.evals.base import deep_merge, load_object, validate_config
+from saeval.registry import Registry
 from saeval.results import SAEInfo
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
@@ -85,23 +86,17 @@ class StudySpec:
             raise SaevalError(f"study {self.name} compares {self.n_saes} SAEs but {n_given} were given")
 
 
-STUDIES: dict[str, StudySpec] = {}
+STUDIES: Registry[StudySpec] = Registry("study", "saeval.studies")
 
 
 def register_study(spec: StudySpec) -> StudySpec:
     """Add a study to the registry; a second study under a taken name is refused, not silently replaced."""
-    if spec.name in STUDIES and STUDIES[spec.name] is not spec:
-        raise SaevalError(f"study {spec.name!r} is already registered by {STUDIES[spec.name].config_cls.__module__}")
-    STUDIES[spec.name] = spec
-    return spec
+    return STUDIES.add(spec)
 
 
 def get_study(name: str) -> StudySpec:
-    import saeval.studies  # noqa: F401  (registers the built-in studies)
-
-    if name not in STUDIES:
-        raise SaevalError(f"unknown study {name!r}; available: {', '.join(sorted(STUDIES))}")
-    return STUDIES[name]
+    """A registered study (the built-ins register on first use); an unknown name lists the valid ones."""
+    return STUDIES.named(name)
 
 
 def envelope(ctx, study: str, saes: list) -> dict[str, Any]:
