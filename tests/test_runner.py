@@ -208,3 +208,34 @@ def test_sizes_follow_the_device_kind_under_preset_and_user_fields():
     (mine,) = resolve_evals(["core"], "paper", {"core": {"batch_size": 4}}, "cuda")
     assert mine.config.batch_size == 4  # what the user sets always wins
     assert resolve_evals(["tpp"], "paper", {"tpp": {"datasets": ["wordnet"]}}, "cuda")[0].config.llm_batch_size == 128
+
+
+def _an_int_field(spec):
+    """(field, a valid value other than the default) of an eval's config, from its own schema."""
+    for name, info in spec.config_cls.model_fields.items():
+        if info.annotation is int and isinstance(info.default, int):
+            return name, info.default + 1
+    raise AssertionError(f"{spec.name} has no int field")
+
+
+def test_set_and_config_file_reach_every_registered_eval(tmp_path):
+    import json as _json
+
+    from saeval.evals import get_eval
+    from saeval.runner.overrides import parse_sets, read_config_file
+    from saeval.runner.request import build_request
+
+    get_eval("core")
+    names = sorted(n for n in EVALS if not n.startswith("count"))
+    assert {"core", "tpp", "scr", "shift", "steerability", "synthetic", "sparse_probing", "autointerp"} <= set(names)
+    fields = {n: _an_int_field(EVALS[n]) for n in names}
+    sets = parse_sets([f"{n}.{f}={v}" for n, (f, v) in fields.items()])
+    (tmp_path / "run.json").write_text(_json.dumps({n: {f: v + 1} for n, (f, v) in fields.items()}))
+    from_flags = build_request({}, {"evals": names}, sets)
+    from_file = build_request(read_config_file(tmp_path / "run.json"), {"evals": names}, {})
+    both = build_request(read_config_file(tmp_path / "run.json"), {"evals": names}, sets)  # --set beats the file
+    for name, (field, value) in fields.items():
+        spec = EVALS[name]
+        assert getattr(spec.resolve("paper", from_flags.overrides.get(name)), field) == value
+        assert getattr(spec.resolve("paper", from_file.overrides.get(name)), field) == value + 1
+        assert getattr(spec.resolve("paper", both.overrides.get(name)), field) == value

@@ -86,6 +86,20 @@ class CoreDetails(BaseModel):
     log10_density_histogram: dict[str, list[float]] = Field(description="counts and edges of the log10 density "
                                                             "histogram of live latents")
     max_decoder_cosine: list[float] = Field(description="per latent: max cosine of its decoder row to any other")
+    anchor: str = Field("SAELens / SAEBench 0.6.0", description="the reference implementation compared against")
+    departures: list[str] = Field(default_factory=lambda: list(DEPARTURES),
+                                  description="where this eval departs from its anchor on purpose, and why")
+
+
+# Checked against sae_lens.evals in tests/test_core_saelens.py (every shared metric to 1e-5).
+DEPARTURES = (
+    "mse: SAEBench 0.6.0 divides the summed squared error by the batch size a second time; saeval reports the "
+    "mean per-token squared error (SAELens's value)",
+    "explained_variance: SAEBench 0.6.0 measures variance around zero; saeval uses the variance around the mean "
+    "(as SAELens >= 6.45) and keeps the old per-batch value as explained_variance_legacy",
+    "relative_reconstruction_bias: SAELens's per-batch average; the single global ratio is "
+    "relative_reconstruction_bias_global",
+)
 
 
 class CoreResult(EvalResult[CoreConfig, CoreMetrics, CoreDetails]):
