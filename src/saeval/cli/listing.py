@@ -12,8 +12,11 @@ from saeval.errors import SaevalError
 
 
 def _type_name(annotation: Any) -> str:
-    text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
-    return text or str(annotation).replace("typing.", "")
+    from typing import get_origin
+
+    if isinstance(annotation, type) and get_origin(annotation) is None:
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
 
 
 def field_rows(cls, prefix: str = "") -> list[tuple[str, str, str, str]]:
