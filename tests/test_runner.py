@@ -239,3 +239,17 @@ def test_set_and_config_file_reach_every_registered_eval(tmp_path):
         assert getattr(spec.resolve("paper", from_flags.overrides.get(name)), field) == value
         assert getattr(spec.resolve("paper", from_file.overrides.get(name)), field) == value + 1
         assert getattr(spec.resolve("paper", both.overrides.get(name)), field) == value
+
+
+def test_weights_edited_in_place_and_an_edited_corpus_recompute(tmp_path, count_evals):
+    saes = _saes(["a"])
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("one text")
+    ctx = _ctx(corpus=str(corpus))
+    run_evals(ctx, saes, ["count"], tmp_path / "o")
+    with torch.no_grad():
+        saes[0].W_dec.mul_(2)  # the same object: a memo keyed by the object would call it up to date
+    assert [o.status for o in run_evals(ctx, saes, ["count"], tmp_path / "o")] == ["done"]
+    corpus.write_text("another, longer text")  # same path, same process
+    assert [o.status for o in run_evals(ctx, saes, ["count"], tmp_path / "o")] == ["done"]
+    assert [o.status for o in run_evals(ctx, saes, ["count"], tmp_path / "o")] == ["skipped"]

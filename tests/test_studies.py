@@ -92,10 +92,7 @@ def test_rerun_skips_and_changes_recompute(toy, tmp_path, capsys):
     assert total == pytest.approx(3.0 * float(sae.W_dec.detach().sum()))
 
     with torch.no_grad():
-        sae.W_dec.mul_(2)  # same name, other weights
-    from saeval.runner import fingerprints
-
-    fingerprints._SAE_FPS.clear()  # the fingerprint memo is per SAE object, as weights rarely change in place
+        sae.W_dec.mul_(2)  # same name, other weights, same object: edited in place
     run_studies(ctx, [sae], ["toy"], tmp_path, overrides={"toy": {"scale": 3.0}})
     assert CALLS == [2.0, 3.0, 3.0] and "saes.toy-sae" in capsys.readouterr().err
     run_studies(ctx, [sae], ["toy"], tmp_path, force=True, overrides={"toy": {"scale": 3.0}})

