@@ -253,3 +253,7 @@ def test_weights_edited_in_place_and_an_edited_corpus_recompute(tmp_path, count_
     corpus.write_text("another, longer text")  # same path, same process
     assert [o.status for o in run_evals(ctx, saes, ["count"], tmp_path / "o")] == ["done"]
     assert [o.status for o in run_evals(ctx, saes, ["count"], tmp_path / "o")] == ["skipped"]
+
+
+def test_an_sae_named_like_the_studies_folder_gets_its_own():
+    assert safe_component("studies") == "studies_sae" and safe_component("my-studies") == "my-studies"

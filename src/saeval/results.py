@@ -91,6 +91,15 @@ def read_result(path: Path) -> dict[str, Any]:
         raise SaevalError(f"result file {path} is unreadable ({err}); delete it or rerun with --force") from err
 
 
+# Study results live in OUT/studies/<study>.json, beside the per-SAE folders (runner.names keeps SAEs out of it).
+STUDY_FOLDER = "studies"
+
+
+def result_files(out_dir: Path) -> list[Path]:
+    """Every eval result file under ``out_dir`` (``<sae>/<eval>.json``, not the studies), sorted."""
+    return [p for p in sorted(Path(out_dir).glob("*/*.json")) if p.parent.name != STUDY_FOLDER]
+
+
 def load_results(out_dir: Path) -> list[dict[str, Any]]:
-    """Every result under ``out_dir`` (``<sae>/<eval>.json``), sorted by SAE then eval."""
-    return [read_result(p) for p in sorted(Path(out_dir).glob("*/*.json"))]
+    """Every eval result under ``out_dir``, sorted by SAE then eval."""
+    return [read_result(p) for p in result_files(out_dir)]

@@ -13,8 +13,7 @@ from pydantic import ValidationError
 
 from saeval.errors import SaevalError
 from saeval.io import write_text_atomic
-from saeval.results import read_result
-from saeval.studies.base import STUDY_FOLDER
+from saeval.results import STUDY_FOLDER, read_result, result_files
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
@@ -109,9 +108,7 @@ def eval_records(out_dir: Path, notes: list[str]) -> list[dict[str, Any]]:
     from saeval.evals.base import EVALS
 
     records = []
-    for path in sorted(Path(out_dir).glob("*/*.json")):
-        if path.parent.name == STUDY_FOLDER:
-            continue
+    for path in result_files(out_dir):
         rec = _read(path)
         if rec is None or "eval" not in rec:
             notes.append(f"{path}: not a result file")

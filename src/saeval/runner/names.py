@@ -7,6 +7,7 @@ import re
 from rich.console import Console
 
 from saeval.errors import SaevalError
+from saeval.results import STUDY_FOLDER
 
 console = Console(stderr=True)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+\-]")
@@ -17,8 +18,8 @@ def safe_component(name: str) -> str:
     an SAELens ``release/sae_id`` or an id holding ``../`` stays one folder under the output."""
     text = name.replace("\\", "/").replace(":", "/")
     text = "__".join(part for part in text.split("/") if part not in ("", ".", ".."))
-    text = _UNSAFE.sub("_", text).lstrip(".")
-    return text[:200] or "sae"
+    text = _UNSAFE.sub("_", text).lstrip(".")[:200] or "sae"
+    return f"{text}_sae" if text == STUDY_FOLDER else text  # OUT/studies/ holds the study results
 
 
 def result_folders(named: list[tuple[str, str]]) -> list[str]:

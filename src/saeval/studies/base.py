@@ -24,13 +24,12 @@ from saeval import __version__
 from saeval.errors import SaevalError
 from saeval.evals.base import deep_merge, load_object, validate_config
 from saeval.registry import Registry
-from saeval.results import SAEInfo
+from saeval.results import STUDY_FOLDER, SAEInfo
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 MetricsT = TypeVar("MetricsT", bound=BaseModel)
 DetailsT = TypeVar("DetailsT", bound=BaseModel)
 
-STUDY_FOLDER = "studies"
 
 
 class StudyConfig(BaseModel):
