@@ -56,7 +56,17 @@ class Provenance(BaseModel):
     command: str | None = None
 
 
-class EvalResult(BaseModel, Generic[ConfigT, MetricsT, DetailsT]):
+class Stamp(BaseModel):
+    """What every stored result (eval or study) records about its making: timing, version, config hash."""
+
+    seconds: float | None = None
+    saeval_version: str = __version__
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    config_hash: str | None = Field(None, description="hash of everything that made this result (see hash_inputs)")
+    hash_inputs: dict[str, Any] = Field({}, description="what the config hash covers, to name what changed")
+
+
+class EvalResult(Stamp, Generic[ConfigT, MetricsT, DetailsT]):
     eval: str
     sae: SAEInfo
     model: str | None = None
@@ -64,11 +74,6 @@ class EvalResult(BaseModel, Generic[ConfigT, MetricsT, DetailsT]):
     config: ConfigT
     metrics: MetricsT
     details: DetailsT
-    seconds: float | None = None
-    saeval_version: str = __version__
-    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
-    config_hash: str | None = Field(None, description="hash of everything that made this result (see hash_inputs)")
-    hash_inputs: dict[str, Any] = Field({}, description="what the config hash covers, to name what changed")
     provenance: Provenance | None = None
     warnings: list[str] = Field([], description="why a number may not mean what it seems (sizes cut, ...)")
     sizes: dict[str, dict[str, int]] = Field({}, description="requested and used data sizes")

@@ -14,17 +14,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from saeval import __version__
 from saeval.errors import SaevalError
 from saeval.evals.base import deep_merge, load_object, validate_config
 from saeval.registry import Registry
-from saeval.results import STUDY_FOLDER, SAEInfo
+from saeval.results import STUDY_FOLDER, SAEInfo, Stamp
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 MetricsT = TypeVar("MetricsT", bound=BaseModel)
@@ -38,7 +36,7 @@ class StudyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class StudyResult(BaseModel, Generic[ConfigT, MetricsT, DetailsT]):
+class StudyResult(Stamp, Generic[ConfigT, MetricsT, DetailsT]):
     study: str
     saes: list[SAEInfo] = Field(description="the SAEs the study read (none when it trains its own)")
     model: str | None = None
@@ -49,11 +47,6 @@ class StudyResult(BaseModel, Generic[ConfigT, MetricsT, DetailsT]):
     config: ConfigT
     metrics: MetricsT
     details: DetailsT
-    seconds: float | None = None
-    saeval_version: str = __version__
-    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
-    config_hash: str | None = Field(None, description="hash of everything that made this result (see hash_inputs)")
-    hash_inputs: dict[str, Any] = Field({}, description="what the config hash covers, to name what changed")
 
 
 @dataclass(frozen=True)
