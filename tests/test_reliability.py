@@ -65,7 +65,7 @@ def test_two_runs_on_a_cold_cache_at_once_both_succeed_with_equal_results(tiny_f
     assert not leftovers
 
 
-@pytest.mark.parametrize("where", ["proc", "file", "readonly-parent"])
+@pytest.mark.parametrize("where", ["proc", "file", "under-a-file"])
 def test_unusable_out_fails_before_any_work(tiny_files, tmp_path, where):
     from typer.testing import CliRunner
 
@@ -78,10 +78,8 @@ def test_unusable_out_fails_before_any_work(tiny_files, tmp_path, where):
         out = tmp_path / "a-file"
         out.write_text("x")
     else:
-        parent = tmp_path / "ro"
-        parent.mkdir()
-        (parent / "blocker").write_text("x")
-        out = parent / "blocker" / "sub"  # a folder under a file can never be made
+        (tmp_path / "blocker").write_text("x")
+        out = tmp_path / "blocker" / "sub"  # a folder under a file can never be made (root ignores read-only modes)
     result = CliRunner().invoke(app, ["run", "--model", str(root / "model"), "--sae", str(sae_dir), "--out", str(out),
                                       "--preset", "tiny"])
     assert result.exit_code == 2 and f"--out {out}" in result.output, result.output
