@@ -66,9 +66,13 @@ class DiskStore:
             return None
 
     def save(self, folder: str, result) -> str:
-        from saeval.results import write_result
+        return self.save_record(folder, result.model_dump(mode="json"))
 
-        return str(write_result(self.out_dir, result, folder))
+    def save_record(self, folder: str, record: dict[str, Any]) -> str:
+        """A result already dumped to JSON (a Ray worker's reply), written atomically."""
+        from saeval.io import write_json_atomic
+
+        return str(write_json_atomic(self.path(folder, record["eval"]), record))
 
 
 class MemoryStore:

@@ -187,7 +187,7 @@ def execute_ray(request: RunRequest, refs: list[str]) -> list[JobOutcome]:
                     reply = {"outcomes": [JobOutcome(folders[i], p.name, "failed", error=one_line(err)).to_dict()
                                           for p in planned], "records": []}
                 for folder, record in reply["records"]:
-                    _write_record(store, folder, record)
+                    store.save_record(folder, record)
                 for o in reply["outcomes"]:
                     outcome = JobOutcome(**o)
                     if outcome.status == "done":
@@ -208,10 +208,3 @@ def execute_ray(request: RunRequest, refs: list[str]) -> list[JobOutcome]:
         if started:
             ray.shutdown()
     return outcomes
-
-
-def _write_record(store: DiskStore, folder: str, record: dict[str, Any]) -> None:
-    from saeval.io import write_json_atomic
-
-    write_json_atomic(store.path(folder, record["eval"]), record)
-
