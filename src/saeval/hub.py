@@ -71,3 +71,17 @@ def unreachable_reason() -> str | None:
 
 def datasets_installed() -> bool:
     return importlib.util.find_spec("datasets") is not None  # finds it without importing it
+
+
+def check_hub_dataset(field: str, name: str, folder: str | None, offline: str, local: str) -> None:
+    """One line, before any work, when the hub dataset ``name`` can't be loaded here; ``offline`` and ``local``
+    are the exact flags that fix it (an offline set, or local files of the dataset's schema)."""
+    from saeval.errors import SaevalError
+
+    if not datasets_installed():
+        raise SaevalError(f"{field} names {name}, which needs the datasets package (pip install "
+                          f"'saeval[datasets]'); or run with {offline} (offline)")
+    reason = None if folder else unreachable_reason()
+    if reason:
+        raise SaevalError(f"{field} names {name} from the Hugging Face hub, but {reason}; run with {offline} "
+                          f"(offline) or {local}")

@@ -87,11 +87,5 @@ def check_datasets(eval_name: str, datasets: list[str], offline: str, two_attrib
             raise SaevalError(f"{eval_name}.datasets: {spec} names the folder {folder}, which does not exist")
         if name not in HUB_DATASETS:
             continue
-        if not hub.datasets_installed():
-            raise SaevalError(f"{eval_name}.datasets names {name}, which needs the datasets package (pip install "
-                              f"'saeval[datasets]'); or run with {flag}'[\"{offline}\"]' (offline)")
-        reason = None if folder else hub.unreachable_reason()
-        if reason:
-            raise SaevalError(f"{eval_name}.datasets names {name} from the Hugging Face hub, but {reason}; run with "
-                              f"{flag}'[\"{offline}\"]' (offline) or {flag}'[\"{name}=FOLDER\"]' (local train/test "
-                              "parquet or jsonl files)")
+        hub.check_hub_dataset(f"{eval_name}.datasets", name, folder, f"{flag}'[\"{offline}\"]'",
+                              f"{flag}'[\"{name}=FOLDER\"]' (local train/test parquet or jsonl files)")

@@ -109,14 +109,8 @@ def preflight(config: SparseProbingConfig) -> None:
                                   "or wordnet=PATH to a WordNet data.noun file")
         if name not in HUB_SETS:
             continue
-        if not hub.datasets_installed():
-            raise SaevalError(f"sparse_probing.datasets names {name}, which needs the datasets package (pip install "
-                              f"'saeval[datasets]'); or run with {offline_hint()} (offline)")
-        reason = None if folder else hub.unreachable_reason()
-        if reason:
-            raise SaevalError(f"sparse_probing.datasets names {name} from the Hugging Face hub, but {reason}; run "
-                              f"with {offline_hint()} (offline) or {flag}'[\"{name}=FOLDER\"]' (local files of "
-                              "its schema)")
+        hub.check_hub_dataset("sparse_probing.datasets", name, folder, offline_hint(),
+                              f"{flag}'[\"{name}=FOLDER\"]' (local files of its schema)")
 
 
 def _acc(source: str, k: int | None) -> Any:
