@@ -13,13 +13,20 @@ from rich.table import Table
 from saeval.errors import SaevalError
 from saeval.runner.local import JobOutcome
 from saeval.runner.names import safe_component
-from saeval.runner.plan import check_device, check_model_ref, check_out_dir, expand_sae_refs, resolve_evals
+from saeval.runner.plan import (
+    PlannedEval,
+    check_device,
+    check_model_ref,
+    check_out_dir,
+    expand_sae_refs,
+    resolve_evals,
+)
 from saeval.runner.request import RunRequest
 
 console = Console(stderr=True)
 
 
-def check_request(request: RunRequest) -> list[str]:
+def check_request(request: RunRequest) -> tuple[list[str], list[PlannedEval]]:
     """Every check that needs no model: evals, configs, presets, paths, device, output folder. Returns the
     expanded SAE references."""
     planned = resolve_evals(request.evals, request.preset, request.overrides, request.device)
@@ -31,7 +38,7 @@ def check_request(request: RunRequest) -> list[str]:
     check_model_ref(request.model)
     check_device(request.device)
     check_out_dir(request.out)
-    return refs
+    return refs, planned
 
 
 def resolve_hook(sae, hook: str | None) -> str:
@@ -50,12 +57,12 @@ def check_sae_fits(host, sae, hook: str) -> None:
 
 def execute(request: RunRequest) -> list[JobOutcome]:
     """Run the request; results land in ``request.out``, a summary in ``OUT/run_summary.json``."""
-    refs = check_request(request)  # before torch is even imported
+    refs, planned = check_request(request)  # before torch is even imported
     start = time.time()
     if request.backend == "ray":
         from saeval.runner.ray_backend import execute_ray
 
-        outcomes = execute_ray(request, refs)
+        outcomes = execute_ray(request, refs, planned)
         finish(request, outcomes, start)
         return outcomes
 
@@ -63,7 +70,7 @@ def execute(request: RunRequest) -> list[JobOutcome]:
 
     from saeval.evals import EvalContext
     from saeval.hosts import LanguageHost
-    from saeval.runner.local import run_evals
+    from saeval.runner.local import run_planned
     from saeval.saes.formats import load_sae
 
     host = LanguageHost.load(request.model, device=request.device, dtype=getattr(torch, request.dtype))
@@ -77,7 +84,7 @@ def execute(request: RunRequest) -> list[JobOutcome]:
             check_sae_fits(host, sae, hook)
         except SaevalError as err:
             errors.append(err)
-            outcomes += failed_jobs(request, safe_component(Path(ref).name), str(err))
+            outcomes += failed_jobs(planned, safe_component(Path(ref).name), str(err))
             continue
         groups.setdefault(hook, []).append((sae, ref))
     if errors and (request.fail_fast or not groups):  # nothing else to run: bad input, one line
@@ -86,16 +93,15 @@ def execute(request: RunRequest) -> list[JobOutcome]:
         console.print(f"[red]skipping an SAE[/red]: {err}")
     for hook, members in groups.items():
         ctx = EvalContext(host=host, hook=hook, corpus=request.corpus, seed=request.seed, preset=request.preset)
-        outcomes += run_evals(ctx, [sae for sae, _ in members], request.evals, request.out, force=request.force,
-                              overrides=request.overrides, strict=request.strict, fail_fast=request.fail_fast,
-                              sae_paths=[ref for _, ref in members])
+        outcomes += run_planned(ctx, [sae for sae, _ in members], planned, request.out, force=request.force,
+                                strict=request.strict, fail_fast=request.fail_fast,
+                                sae_paths=[ref for _, ref in members])
     finish(request, outcomes, start)
     return outcomes
 
 
-def failed_jobs(request: RunRequest, folder: str, error: str) -> list[JobOutcome]:
+def failed_jobs(planned: list[PlannedEval], folder: str, error: str) -> list[JobOutcome]:
     """One failed outcome per planned eval of an SAE that could not be loaded or does not fit the model."""
-    planned = resolve_evals(request.evals, request.preset, request.overrides, request.device)
     return [JobOutcome(folder, p.name, "failed", error=error) for p in planned]
 
 

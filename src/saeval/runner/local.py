@@ -180,6 +180,13 @@ def run_evals(
 ) -> list[JobOutcome]:
     """Each eval (and its prerequisites) on each SAE, prerequisites first; returns one outcome per job."""
     planned = resolve_evals(eval_names, ctx.preset, overrides, getattr(ctx.host, "device", "cpu"))
+    return run_planned(ctx, saes, planned, out_dir, force, strict, fail_fast, sae_paths)
+
+
+def run_planned(ctx: EvalContext, saes: list[Any], planned: list[PlannedEval], out_dir: Path, force: bool = False,
+                strict: bool = False, fail_fast: bool = True,
+                sae_paths: list[str | None] | None = None) -> list[JobOutcome]:
+    """``run_evals`` for evals the caller has already planned (validated, in dependency order)."""
     store = DiskStore(out_dir)
     fps = [sae_fingerprint(sae) for sae in saes]
     folders = result_folders([(sae.name, fp) for sae, fp in zip(saes, fps, strict=True)])

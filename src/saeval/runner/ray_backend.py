@@ -34,6 +34,10 @@ class EvalWorker:
         self.request = RunRequest.model_validate(request)
         for module in self.request.plugins:
             __import__(module)
+        from saeval.runner.plan import resolve_evals
+
+        r = self.request
+        self.planned = resolve_evals(r.evals, r.preset, r.overrides, r.device)  # once per worker
         self.host = None
         self.contexts: dict[str, Any] = {}
 
@@ -58,11 +62,9 @@ class EvalWorker:
         """All evals of one SAE; returns the outcomes and the records to write (the driver writes them)."""
         from saeval.runner.execute import check_sae_fits
         from saeval.runner.local import MemoryStore, run_sae_jobs
-        from saeval.runner.plan import resolve_evals
         from saeval.saes.formats import load_sae
 
-        r = self.request
-        planned = resolve_evals(r.evals, r.preset, r.overrides, r.device)
+        r, planned = self.request, self.planned
         store = MemoryStore({(folder, name): rec for name, rec in stored.items()})
         try:
             ctx = self._ctx(hook)
@@ -112,7 +114,7 @@ def _local_gpus() -> int:
         return 0
 
 
-def _name_saes(request: RunRequest, refs: list[str]) -> tuple[list[str], list[str], list[JobOutcome]]:
+def _name_saes(request: RunRequest, refs: list[str], planned) -> tuple[list[str], list[str], list[JobOutcome]]:
     """(result folder, hook) per loadable SAE, computed on the driver as the local backend does, and failed
     outcomes for the SAEs that do not load (their refs are dropped from ``refs`` in place)."""
     from saeval.errors import SaevalError
@@ -129,7 +131,7 @@ def _name_saes(request: RunRequest, refs: list[str]) -> tuple[list[str], list[st
         except SaevalError as err:
             if request.fail_fast:
                 raise
-            failed += failed_jobs(request, safe_component(Path(ref).name), str(err))
+            failed += failed_jobs(planned, safe_component(Path(ref).name), str(err))
             continue
         named.append((sae.name, sae_fingerprint(sae)))
         kept.append(ref)
@@ -137,15 +139,12 @@ def _name_saes(request: RunRequest, refs: list[str]) -> tuple[list[str], list[st
     return result_folders(named), hooks, failed
 
 
-def execute_ray(request: RunRequest, refs: list[str]) -> list[JobOutcome]:
+def execute_ray(request: RunRequest, refs: list[str], planned) -> list[JobOutcome]:
     import ray
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from saeval.runner.plan import resolve_evals
-
-    planned = resolve_evals(request.evals, request.preset, request.overrides, request.device)
     refs = list(refs)
-    folders, hooks, outcomes = _name_saes(request, refs)
+    folders, hooks, outcomes = _name_saes(request, refs, planned)
     store = DiskStore(request.out)
     started = _init_ray(request)
     n_workers = max(1, request.workers or 1)
