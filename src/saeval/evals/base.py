@@ -73,6 +73,21 @@ Requires = tuple[str, ...] | Callable[[Any], tuple[str, ...]]
 
 
 @dataclass(frozen=True)
+class Headline:
+    """The one number a reader ranks SAEs by for an eval: read by the report's summary table and Pareto plots,
+    the demo's closing table and the SAEBench export."""
+
+    metric: str  # a field of the eval's Metrics
+    better: str  # "higher" | "lower" | "closer to 1" ...: shown beside the number
+    meaning: str  # one sentence: what the number measures
+    source: str  # the paper or implementation that defines it
+
+    @property
+    def higher_is_better(self) -> bool | None:
+        return {"higher": True, "lower": False}.get(self.better)
+
+
+@dataclass(frozen=True)
 class EvalSpec:
     name: str
     config_cls: type[EvalConfig]
@@ -90,6 +105,7 @@ class EvalSpec:
     # Sizes for a device kind ("cuda"), applied under the preset and the user's fields: a GPU worker takes
     # larger batches than the CPU defaults. Results from different device kinds never share a config hash.
     device_sizes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    headline: Headline | None = None
 
     def prerequisites(self, config: EvalConfig) -> tuple[str, ...]:
         return tuple(self.requires(config) if callable(self.requires) else self.requires)

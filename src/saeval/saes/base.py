@@ -30,6 +30,12 @@ class SAEConfig(BaseModel):
     # normalisation folded into a constant).
     act_scale: float = 1.0
     name: str | None = None
+    # Transcoders read hook_name (their input) and write hook_name_out, whose width d_out may differ from d_in.
+    hook_name_out: str | None = None
+    d_out: int | None = None
+    # Matryoshka SAEs: the nested dictionary sizes, increasing, the last equal to d_sae (latents 0..w-1 form
+    # the prefix SAE of width w).
+    matryoshka_widths: list[int] | None = None
 
 
 SAE_REGISTRY: dict[str, type[SAE]] = {}
@@ -105,6 +111,10 @@ class SAE(nn.Module):
     @property
     def d_sae(self) -> int:
         return self.cfg.d_sae
+
+    @property
+    def is_transcoder(self) -> bool:
+        return self.cfg.hook_name_out is not None
 
     @property
     def name(self) -> str:

@@ -2,12 +2,17 @@
 detection, fuzzing and embedding; see run.py for the score and records.py for the windows."""
 
 from saeval.evals.autointerp.config import AutointerpConfig, AutointerpResult, requires
-from saeval.evals.base import EvalSpec, register_eval
+from saeval.evals.base import EvalSpec, Headline, register_eval
 from saeval.evals.self_explanation.config import DEMO_EXPLAIN, TINY_EXPLAIN
 
 SPEC = register_eval(
     EvalSpec(
         name="autointerp",
+        headline=Headline(
+            metric="autointerp_score", better="higher",
+            meaning="Fraction of held-out windows a judge model classifies correctly from the latent "
+                    "explanation.",
+            source="SAEBench autointerp (Paulo et al. 2024)"),
         config_cls=AutointerpConfig,
         result_cls=AutointerpResult,
         run="saeval.evals.autointerp.run:run",

@@ -1,10 +1,15 @@
 """Core reconstruction metrics (SAEBench core eval): registered here, run by ``saeval.evals.core.run``."""
 
-from saeval.evals.base import EvalSpec, register_eval
+from saeval.evals.base import EvalSpec, Headline, register_eval
 from saeval.evals.core.config import CoreConfig, CoreDetails, CoreMetrics, CoreResult
 
 SPEC = register_eval(EvalSpec(
     name="core",
+    headline=Headline(
+        metric="ce_loss_score", better="higher",
+        meaning="Fraction of the next-token loss lost by zero-ablating the hook that splicing in the "
+                "reconstruction recovers (1 = lossless).",
+        source="SAEBench core (Karvonen et al. 2025)"),
     device_sizes={"cuda": {"batch_size": 64, "weight_chunk": 16384}},
     config_cls=CoreConfig,
     result_cls=CoreResult,

@@ -1,12 +1,17 @@
 """Embedding score of latent explanations (Paulo et al. 2024, delphi); see score.py for the method."""
 
-from saeval.evals.base import EvalSpec, register_eval
+from saeval.evals.base import EvalSpec, Headline, register_eval
 from saeval.evals.embedding_score.config import EmbeddingConfig, EmbeddingResult, requires
 from saeval.evals.self_explanation.config import DEMO_EXPLAIN, TINY_EXPLAIN
 
 SPEC = register_eval(
     EvalSpec(
         name="embedding_score",
+        headline=Headline(
+            metric="mean_auroc", better="higher",
+            meaning="Mean AUROC separating activating from non-activating windows by their embedding cosine "
+                    "to the explanation (0.5 = chance).",
+            source="delphi embedding score (Paulo et al. 2024)"),
         config_cls=EmbeddingConfig,
         result_cls=EmbeddingResult,
         run="saeval.evals.embedding_score.run:run",

@@ -1,6 +1,6 @@
 """Spurious Correlation Removal (SAEBench scr_and_tpp with perform_scr=True)."""
 
-from saeval.evals.base import EvalSpec, register_eval
+from saeval.evals.base import EvalSpec, Headline, register_eval
 from saeval.evals.scr.config import PairConfig, SCRConfig, SCRDetails, SCRMetrics, SCRResult, preflight
 
 SCR_PRESETS = {
@@ -12,6 +12,11 @@ SCR_PRESETS = {
 
 SPEC = register_eval(EvalSpec(
     name="scr",
+    headline=Headline(
+        metric="scr_metric_threshold_20", better="higher",
+        meaning="Spurious correlation removal at 20 ablated latents: fraction of the gap to an unbiased probe"
+                " closed by ablating the spurious latents.",
+        source="SAEBench SCR (Karvonen et al. 2025)"),
     device_sizes={"cuda": {"llm_batch_size": 128}},
     config_cls=SCRConfig,
     result_cls=SCRResult,

@@ -1,6 +1,6 @@
 """Self-explanation by placeholder replacement (Kharlapenko et al. 2024); see explain.py for the method."""
 
-from saeval.evals.base import EvalSpec, register_eval
+from saeval.evals.base import EvalSpec, Headline, register_eval
 from saeval.evals.self_explanation.config import (
     DEMO_EXPLAIN,
     TINY_EXPLAIN,
@@ -12,6 +12,10 @@ from saeval.evals.self_explanation.config import (
 SPEC = register_eval(
     EvalSpec(
         name="self_explanation",
+        headline=Headline(
+            metric="frac_with_explanation", better="higher",
+            meaning="Fraction of latents for which steering the model produced a self-explanation.",
+            source="seed 002 (self-explanation by steering)"),
         config_cls=SelfExplanationConfig,
         result_cls=SelfExplanationResult,
         run="saeval.evals.self_explanation.run:run",

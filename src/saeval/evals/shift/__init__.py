@@ -1,10 +1,15 @@
 """SHIFT with an automated judge (Marks et al. 2024 as automated by Karvonen et al. 2024; not in SAEBench)."""
 
-from saeval.evals.base import EvalSpec, register_eval
+from saeval.evals.base import EvalSpec, Headline, register_eval
 from saeval.evals.shift.config import SHIFTConfig, SHIFTDetails, SHIFTMetrics, SHIFTResult, preflight
 
 SPEC = register_eval(EvalSpec(
     name="shift",
+    headline=Headline(
+        metric="shift_score", better="higher",
+        meaning="SHIFT: accuracy a biased probe regains on the intended task when a judge-picked set of "
+                "spurious latents is ablated.",
+        source="Marks et al. 2024 (SHIFT)"),
     device_sizes={"cuda": {"llm_batch_size": 128}},
     config_cls=SHIFTConfig,
     result_cls=SHIFTResult,

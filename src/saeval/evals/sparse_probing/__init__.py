@@ -1,7 +1,7 @@
 """Sparse probing (Gao et al. 2024, Gurnee et al. 2023; SAEBench sparse_probing): k-sparse probes on the top
 latents by class-mean difference, against the same on the model's own dimensions."""
 
-from saeval.evals.base import EvalSpec, register_eval
+from saeval.evals.base import EvalSpec, Headline, register_eval
 from saeval.evals.sparse_probing.config import (
     SparseProbingConfig,
     SparseProbingDetails,
@@ -12,6 +12,10 @@ from saeval.evals.sparse_probing.config import (
 
 SPEC = register_eval(EvalSpec(
     name="sparse_probing",
+    headline=Headline(
+        metric="sae_top_1_test_accuracy", better="higher",
+        meaning="Test accuracy of a probe on the single most class-selective latent, averaged over datasets.",
+        source="SAEBench sparse probing (Karvonen et al. 2025)"),
     config_cls=SparseProbingConfig,
     result_cls=SparseProbingResult,
     run="saeval.evals.sparse_probing.run:run",

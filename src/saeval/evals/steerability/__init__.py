@@ -1,7 +1,7 @@
 """Steerability (arXiv 2504.08729; LessWrong feature steerability metrics): registered here, run by
 ``saeval.evals.steerability.run``."""
 
-from saeval.evals.base import EvalSpec, register_eval
+from saeval.evals.base import EvalSpec, Headline, register_eval
 from saeval.evals.steerability.config import (
     SteerabilityConfig,
     SteerabilityDetails,
@@ -12,6 +12,11 @@ from saeval.evals.steerability.config import (
 
 SPEC = register_eval(EvalSpec(
     name="steerability",
+    headline=Headline(
+        metric="frac_steerable", better="higher",
+        meaning="Fraction of latents whose clamping moves the output distribution over the concept vocabulary"
+                " past the steerability threshold.",
+        source="seed 000 (steerability)"),
     device_sizes={"cuda": {"batch_size": 128, "max_rows": 2048}},
     config_cls=SteerabilityConfig,
     result_cls=SteerabilityResult,

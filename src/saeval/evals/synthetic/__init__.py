@@ -1,10 +1,15 @@
 """Synthetic activations (Giglemiani et al. 2024): registered here, run by ``saeval.evals.synthetic.run``."""
 
-from saeval.evals.base import EvalSpec, register_eval
+from saeval.evals.base import EvalSpec, Headline, register_eval
 from saeval.evals.synthetic.config import SyntheticConfig, SyntheticDetails, SyntheticMetrics, SyntheticResult
 
 SPEC = register_eval(EvalSpec(
     name="synthetic",
+    headline=Headline(
+        metric="ms_sae_recon", better="lower",
+        meaning="Mean perturbation steps until the model output shifts sharply (MS) when moving toward the "
+                "SAE reconstruction; real activations are most stable.",
+        source="seed 003 (synthetic activations)"),
     config_cls=SyntheticConfig,
     result_cls=SyntheticResult,
     run="saeval.evals.synthetic.run:run",

@@ -1,10 +1,15 @@
 """Targeted Probe Perturbation (Karvonen et al. 2024; SAEBench scr_and_tpp with perform_scr=False)."""
 
-from saeval.evals.base import EvalSpec, register_eval
+from saeval.evals.base import EvalSpec, Headline, register_eval
 from saeval.evals.tpp.config import TPPConfig, TPPDetails, TPPMetrics, TPPResult, preflight
 
 SPEC = register_eval(EvalSpec(
     name="tpp",
+    headline=Headline(
+        metric="tpp_threshold_20_total_metric", better="higher",
+        meaning="Targeted probe perturbation at 20 ablated latents: accuracy the intended class probe loses "
+                "minus what the other probes lose.",
+        source="SAEBench TPP (Karvonen et al. 2025)"),
     device_sizes={"cuda": {"llm_batch_size": 128}},
     config_cls=TPPConfig,
     result_cls=TPPResult,
