@@ -30,12 +30,16 @@ class SAEInfo(BaseModel):
     d_sae: int
     hook_name: str | None = None
     model_name: str | None = None
+    matryoshka_widths: list[int] | None = Field(None, description="a Matryoshka SAE's nested prefix widths")
+    hook_name_out: str | None = Field(None, description="where a transcoder's decoder writes (None for an SAE)")
 
     @classmethod
     def of(cls, sae, path: str | None = None) -> SAEInfo:
         cfg = sae.cfg
         return cls(name=sae.name, path=path or getattr(cfg, "path", None), architecture=sae.architecture,
-                   d_in=cfg.d_in, d_sae=cfg.d_sae, hook_name=cfg.hook_name, model_name=cfg.model_name)
+                   d_in=cfg.d_in, d_sae=cfg.d_sae, hook_name=cfg.hook_name, model_name=cfg.model_name,
+                   matryoshka_widths=getattr(cfg, "matryoshka_widths", None),
+                   hook_name_out=getattr(cfg, "hook_name_out", None))
 
 
 class Provenance(BaseModel):

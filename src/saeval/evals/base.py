@@ -106,6 +106,9 @@ class EvalSpec:
     # larger batches than the CPU defaults. Results from different device kinds never share a config hash.
     device_sizes: dict[str, dict[str, Any]] = field(default_factory=dict)
     headline: Headline | None = None
+    # Whether the eval is meaningful for a transcoder (encoder at hook_name, decoder at hook_name_out); the
+    # runner refuses a transcoder for the others before any work.
+    transcoders: bool = False
 
     def prerequisites(self, config: EvalConfig) -> tuple[str, ...]:
         return tuple(self.requires(config) if callable(self.requires) else self.requires)

@@ -18,6 +18,7 @@ from saeval.runner.plan import (
     check_device,
     check_model_ref,
     check_out_dir,
+    check_transcoder_evals,
     expand_sae_refs,
     resolve_evals,
 )
@@ -53,6 +54,11 @@ def check_sae_fits(host, sae, hook: str) -> None:
     host.hook(hook)  # a one-line error naming the valid hooks
     if sae.d_in != host.d_model:
         raise SaevalError(f"SAE {sae.name} has d_in={sae.d_in} but {host.name} has width {host.d_model} at {hook}")
+    if getattr(sae, "is_transcoder", False):  # its decoder writes another hook, which must exist and fit too
+        host.hook(sae.cfg.hook_name_out)
+        if sae.d_out != host.d_model:
+            raise SaevalError(f"transcoder {sae.name} has d_out={sae.d_out} but {host.name} has width "
+                              f"{host.d_model} at {sae.cfg.hook_name_out}")
 
 
 def execute(request: RunRequest) -> list[JobOutcome]:
@@ -82,6 +88,7 @@ def execute(request: RunRequest) -> list[JobOutcome]:
             sae = load_sae(ref, device=request.device)
             hook = resolve_hook(sae, request.hook)
             check_sae_fits(host, sae, hook)
+            check_transcoder_evals(sae, planned)
         except SaevalError as err:
             errors.append(err)
             outcomes += failed_jobs(planned, safe_component(Path(ref).name), str(err))

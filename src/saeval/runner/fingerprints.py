@@ -22,6 +22,8 @@ def sae_fingerprint(sae) -> str:
     cfg = sae.cfg
     behaviour = {k: getattr(cfg, k, None) for k in ("architecture", "d_in", "d_sae", "k", "act_scale",
                                                      "apply_b_dec_to_input", "hook_name")}
+    # Added only when set, so the hashes of plain SAEs (and their stored results) stay as they were.
+    behaviour |= {k: v for k in ("hook_name_out", "d_out", "matryoshka_widths") if (v := getattr(cfg, k, None))}
     return json_digest({"weights": module_fingerprint(sae), "cfg": behaviour})
 
 

@@ -18,7 +18,7 @@ from saeval.errors import SaevalError
 from saeval.evals.base import EvalContext
 from saeval.runner.fingerprints import config_hash, describe_changes, hash_inputs, provenance, sae_fingerprint
 from saeval.runner.names import result_folders
-from saeval.runner.plan import PlannedEval, resolve_evals
+from saeval.runner.plan import PlannedEval, check_transcoder_evals, resolve_evals
 
 console = Console(stderr=True)
 
@@ -187,6 +187,8 @@ def run_planned(ctx: EvalContext, saes: list[Any], planned: list[PlannedEval], o
                 strict: bool = False, fail_fast: bool = True,
                 sae_paths: list[str | None] | None = None) -> list[JobOutcome]:
     """``run_evals`` for evals the caller has already planned (validated, in dependency order)."""
+    for sae in saes:  # library callers (the demo, run_evals) skip execute.py's per-SAE checks
+        check_transcoder_evals(sae, planned)
     store = DiskStore(out_dir)
     fps = [sae_fingerprint(sae) for sae in saes]
     folders = result_folders([(sae.name, fp) for sae, fp in zip(saes, fps, strict=True)])

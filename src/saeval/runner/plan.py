@@ -127,3 +127,35 @@ def check_out_dir(out: Path) -> None:
     free = shutil.disk_usage(out).free
     if free < MIN_FREE_BYTES:
         raise SaevalError(f"--out {out}: only {free >> 20} MiB free; free some space or choose another folder")
+
+
+# Why an eval has no meaning for a transcoder (encoder at hook_name, decoder at hook_name_out), where a short
+# reason is known; other evals get the generic one.
+_TRANSCODER_REASONS = {
+    "steerability": "clamps a latent inside the residual stream at one hook",
+    "tpp": "ablates latents at the hook they were read from to erase a concept",
+    "scr": "ablates latents at the hook they were read from to remove a spurious signal",
+    "shift": "ablates latents at the hook they were read from to debias a classifier",
+    "synthetic": "plants features at one hook and scores their recovery there",
+    "self_explanation": "patches a latent's decoder direction into the residual stream it was read from",
+}
+
+
+def check_transcoder_evals(sae: Any, planned: list[PlannedEval]) -> None:
+    """Refuse, in one line, a transcoder for the planned evals not meaningful for one (``EvalSpec.transcoders``
+    false), naming the first with its reason; SAEs pass untouched. Torch-free: call it once the SAE is loaded,
+    before any eval runs."""
+    if not getattr(sae, "is_transcoder", False):
+        return
+    refused = [p.name for p in planned if not p.spec.transcoders]
+    if not refused:
+        return
+    from saeval.evals.base import EVALS
+
+    get_eval(planned[0].name)  # the built-in evals are registered
+    ok = sorted(name for name, spec in EVALS.items() if spec.transcoders) or ["core"]
+    first, more = refused[0], f" (so are {', '.join(refused[1:])})" if refused[1:] else ""
+    reason = _TRANSCODER_REASONS.get(first, "reads and writes the SAE at the one hook it runs on")
+    raise SaevalError(f"eval {first} {reason}; SAE {sae.name} is a transcoder ({sae.cfg.hook_name} -> "
+                      f"{sae.cfg.hook_name_out}), which reads one hook and writes another, so {first} is refused"
+                      f"{more}: run only {', '.join(ok)} on transcoders (--evals {','.join(ok)})")

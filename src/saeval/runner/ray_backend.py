@@ -121,6 +121,7 @@ def _name_saes(request: RunRequest, refs: list[str], planned) -> tuple[list[str]
     from saeval.runner.execute import failed_jobs, resolve_hook
     from saeval.runner.fingerprints import sae_fingerprint
     from saeval.runner.names import result_folders, safe_component
+    from saeval.runner.plan import check_transcoder_evals
     from saeval.saes.formats import load_sae
 
     named, hooks, failed, kept = [], [], [], []
@@ -128,6 +129,7 @@ def _name_saes(request: RunRequest, refs: list[str], planned) -> tuple[list[str]
         try:
             sae = load_sae(ref)
             hooks.append(resolve_hook(sae, request.hook))
+            check_transcoder_evals(sae, planned)
         except SaevalError as err:
             if request.fail_fast:
                 raise

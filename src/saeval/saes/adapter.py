@@ -163,7 +163,8 @@ def wrap_sae(obj: Any, name: str | None = None) -> SAE:
     try:
         sae = _convert(obj, cfg, tensors, can_delegate)
     except SaevalError:
-        if not can_delegate:
+        # A transcoder's own decode misses its skip path or output hook: delegating would hide that.
+        if not can_delegate or "transcoder" in str(cfg.get("architecture")):
             raise
         sae = None  # e.g. a sae_lens SAE with run-time layer norm: its own encode/decode stay authoritative
     if sae is None:

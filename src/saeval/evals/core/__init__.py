@@ -14,6 +14,7 @@ SPEC = register_eval(EvalSpec(
     config_cls=CoreConfig,
     result_cls=CoreResult,
     run="saeval.evals.core.run:run",
+    transcoders=True,  # reconstruction at hook_name_out is what a transcoder is for
     description="reconstruction (MSE, explained variance, cossim), CE/KL scores, sparsity, weight cosines",
     presets={"demo": {"n_eval_tokens": 8192, "n_density_tokens": 32768},
              "tiny": {"n_eval_tokens": 512, "n_density_tokens": 1024, "ctx_len": 32}},

@@ -69,7 +69,7 @@ def build_sae(
     except SaevalError as e:
         raise SaevalError(f"{label}: {e}") from e
     problems = config_problems(cfg, arch)
-    if cfg.d_in < 1 or cfg.d_sae < 1:  # no weights of that shape can even be allocated to compare against
+    if min(cfg.d_in, cfg.d_sae, cfg.d_out or 1) < 1:  # no weights of that shape can be allocated to compare
         raise SaevalError(f"{label}: " + "; ".join(problems))
     sae = create_sae(cfg, check=False)
     with torch.no_grad():
@@ -80,9 +80,9 @@ def build_sae(
                 continue
             value = tensors[name]
             if tuple(value.shape) != tuple(param.shape):
-                problems.append(f"{name} has shape {list(value.shape)} but the config (d_in={cfg.d_in}, "
-                                f"d_sae={cfg.d_sae}) needs {list(param.shape)}, so config and weights do not "
-                                "belong together")
+                dims = f"d_in={cfg.d_in}, d_sae={cfg.d_sae}" + (f", d_out={cfg.d_out}" if cfg.d_out else "")
+                problems.append(f"{name} has shape {list(value.shape)} but the config ({dims}) needs "
+                                f"{list(param.shape)}, so config and weights do not belong together")
                 continue
             param.copy_(value.to(param.dtype))
         # Checked after the copy so values that overflow in the conversion (float64 -> float32) count too.

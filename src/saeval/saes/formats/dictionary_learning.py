@@ -31,10 +31,25 @@ DL_CLASSES: dict[str, tuple[str, bool, dict[str, tuple[str, bool]]]] = {
         "b_mag": ("mag_bias", False), "W_dec": ("decoder.weight", True), "b_dec": ("decoder_bias", False)}),
     "AutoEncoderTopK": ("topk", True, _LINEAR_TOPK),
     "BatchTopKSAE": ("batchtopk", True, _LINEAR_TOPK),
-    "MatryoshkaBatchTopKSAE": ("batchtopk", True, _PLAIN),
+    "MatryoshkaBatchTopKSAE": ("matryoshka_batchtopk", True, _PLAIN),
     # JumpReluAutoEncoder sets apply_b_dec_to_input = False and does not save it.
     "JumpReluAutoEncoder": ("jumprelu", False, {**_PLAIN, "threshold": ("threshold", False)}),
 }
+
+
+def _matryoshka_widths(state: Mapping[str, Tensor], trainer: Mapping[str, Any], where: str) -> list[int] | None:
+    """MatryoshkaBatchTopKSAE stores its group sizes (a buffer, and in the trainer config); the nested widths
+    are their running sums."""
+    sizes = state.get("group_sizes")
+    raw = sizes.tolist() if isinstance(sizes, Tensor) else trainer.get("group_sizes")
+    if not raw:
+        raise SaevalError(f"{where}: a MatryoshkaBatchTopKSAE without group_sizes (neither the group_sizes "
+                          "buffer in ae.pt nor trainer.group_sizes in config.json)")
+    widths, total = [], 0
+    for size in raw:
+        total += int(size)
+        widths.append(total)
+    return widths
 
 
 def from_dictionary_learning(dict_class: str, state: Mapping[str, Tensor], where: str,
@@ -50,7 +65,8 @@ def from_dictionary_learning(dict_class: str, state: Mapping[str, Tensor], where
         value = take(state, key, where)
         named[name] = value.T if transpose else value
     k = int(state["k"]) if "k" in state else trainer.get("k")
-    if arch == "batchtopk":
+    widths = _matryoshka_widths(state, trainer, where) if arch == "matryoshka_batchtopk" else None
+    if arch in ("batchtopk", "matryoshka_batchtopk"):
         # One global threshold on post-ReLU acts (default encode uses it). -1 means "never estimated": leave
         # it at 0 so saeval falls back to per-token top-k rather than a plain ReLU.
         thr = float(state["threshold"]) if "threshold" in state else 0.0
@@ -65,7 +81,7 @@ def from_dictionary_learning(dict_class: str, state: Mapping[str, Tensor], where
         architecture=arch, d_in=int(trainer.get("activation_dim") or named["W_dec"].shape[-1]),
         d_sae=int(trainer.get("dict_size") or named["W_dec"].shape[0]), k=int(k) if k else None,
         apply_b_dec_to_input=subtract_b_dec if apply_b_dec_to_input is None else apply_b_dec_to_input,
-        hook_name=hook, model_name=trainer.get("lm_name"),
+        hook_name=hook, model_name=trainer.get("lm_name"), matryoshka_widths=widths,
     )
     return build_sae(cfg, named, where, optional=("b_enc",) if arch == "gated" else ())
 
