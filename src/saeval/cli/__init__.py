@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from saeval.cli import clip, listing, report, run, studies, train
+from saeval.cli import clip, interop, listing, report, run, studies, train
 
 # Plain (not boxed) usage errors: each is one line naming the flag to fix.
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -20,5 +20,7 @@ app.command("demo")(report.demo)
 app.command("case-study")(studies.case_study)
 app.command("faithful")(studies.faithful)
 app.command("steer-clip")(clip.steer_clip)
+app.add_typer(interop.export_app, name="export")
+app.add_typer(interop.import_app, name="import")
 
 __all__ = ["app"]

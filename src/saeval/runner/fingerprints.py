@@ -116,6 +116,7 @@ def provenance(ctx, sae, sae_path: str | None, inputs: dict[str, Any]):
         model=getattr(host, "name", None), model_fingerprint=inputs["model"], model_revision=revision,
         hook=ctx.hook, corpus=ctx.corpus, corpus_fingerprint=inputs["corpus"]["content"], seed=ctx.seed,
         device=inputs["device"], dtype=inputs["dtype"],
-        versions={p: _version(p) for p in ("saeval", "torch", "transformers")},
+        versions={p: v for p in ("saeval", "torch", "transformers", "sae-lens")
+                  if (v := _version(p)) != "not installed" or p != "sae-lens"},
         command=shlex.join(sys.argv),
     )

@@ -11,6 +11,8 @@ from saeval.results import STUDY_FOLDER
 
 console = Console(stderr=True)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+\-]")
+IMPORTED_FOLDER = "imported"  # OUT/imported/ holds results imported from other tools (saeval.interop)
+RESERVED = (STUDY_FOLDER, IMPORTED_FOLDER)
 
 
 def safe_component(name: str) -> str:
@@ -19,7 +21,7 @@ def safe_component(name: str) -> str:
     text = name.replace("\\", "/").replace(":", "/")
     text = "__".join(part for part in text.split("/") if part not in ("", ".", ".."))
     text = _UNSAFE.sub("_", text).lstrip(".")[:200] or "sae"
-    return f"{text}_sae" if text == STUDY_FOLDER else text  # OUT/studies/ holds the study results
+    return f"{text}_sae" if text in RESERVED else text  # OUT/studies/, OUT/imported/ are not SAE folders
 
 
 def result_folders(named: list[tuple[str, str]]) -> list[str]:
