@@ -28,7 +28,10 @@ assets: $(STAMP)
 demo: assets
 	$(VENV)/bin/saeval demo --out $(OUT)
 
+# The report's browser test drives Debian's chromium where apt is available (never playwright's own download).
 test: assets
+	command -v chromium >/dev/null || ! command -v apt-get >/dev/null || apt-get install -y -q chromium chromium-driver \
+		|| (apt-get update -q && apt-get install -y -q chromium chromium-driver) || true
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # The inner loop: everything but the tests on the real SmolLM2 (marker smollm2).

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import html
 
+from saeval.report.figures import figure_html
+
 
 def report(records: list[dict]) -> str:
     import plotly.graph_objects as go
-
-    from saeval.report.html import figure_html
 
     parts = []
     for rec in records:
@@ -20,12 +20,12 @@ def report(records: list[dict]) -> str:
             rows.append(
                 f"<tr><td>{e['latent']}</td><td>{sw['chosen_scale']:.1f}</td><td>{sw['max_selfsim']:.3f}"
                 f"</td><td>{'yes' if sw['failed'] else ''}</td>"
-                f"<td style='text-align:left'>{html.escape(' | '.join(e['best']))}</td></tr>"
+                f"<td class=l>{html.escape(' | '.join(e['best']))}</td></tr>"
             )
         fig.update_layout(
             title=f"Self-similarity vs scale — {rec['sae']['name']}",
-            xaxis_title="scale",
-            yaxis_title="self-similarity (minus scale 0)",
+            xaxis_title="steering scale (latent activation injected)",
+            yaxis_title=f"self-similarity ({rec['details'].get('selfsim', 'cosine')}, minus scale 0)",
         )
         parts.append(figure_html(fig))
         d = rec["details"]
@@ -37,7 +37,10 @@ def report(records: list[dict]) -> str:
                 + (f" Departures from the reference code:</p><ul>{notes}</ul>" if notes else "</p>")
             )
         parts.append(
-            "<table><tr><th>latent</th><th>chosen scale</th><th>max self-sim</th><th>failed</th>"
-            "<th>explanations (best first)</th></tr>" + "".join(rows) + "</table>"
+            f"<details{' open' if len(rows) <= 6 else ''}><summary>{html.escape(rec['sae']['name'])}: "
+            f"{len(rows)} latents' explanations</summary><div class='tw'><table class='sortable'><thead><tr>"
+            "<th>latent</th><th>chosen scale</th><th>max self-sim</th><th>failed</th>"
+            "<th class=l>explanations (best first)</th></tr></thead><tbody>" + "".join(rows)
+            + "</tbody></table></div></details>"
         )
     return "\n".join(parts)

@@ -20,7 +20,7 @@ def _cell(v: float | None) -> str:
 def report(records: list[dict[str, Any]]) -> str:
     import plotly.graph_objects as go
 
-    from saeval.report.html import figure_html
+    from saeval.report.figures import figure_html
 
     fig = go.Figure()
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f"]
@@ -40,7 +40,7 @@ def report(records: list[dict[str, Any]]) -> str:
             cells += [_cell(m.get(f"llm_top_{k}_test_accuracy")) for k in ks] + [_cell(m.get("llm_test_accuracy"))]
             rows.append((name, dataset, ks, cells))
     fig.update_layout(title="Sparse probing: test accuracy vs k", xaxis_title="k (all: full-width probe)",
-                      yaxis_title="test accuracy", xaxis_type="category")
+                      yaxis_title="test accuracy (fraction)", xaxis_type="category")
     table = []
     for name, dataset, ks, cells in rows:
         if not table or table[-1][0] != ks:
@@ -49,4 +49,5 @@ def report(records: list[dict[str, Any]]) -> str:
             table.append((ks, f"<tr><th>SAE</th><th>dataset</th>{head}</tr>"))
         table.append((ks, f"<tr><td>{html.escape(name)}</td><td>{html.escape(dataset)}</td>"
                           + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"))
-    return figure_html(fig) + "<table>" + "".join(t[1] for t in table) + "</table>"
+    return (figure_html(fig) + "<details><summary>accuracy per dataset</summary><div class='tw'><table>"
+            + "".join(t[1] for t in table) + "</table></div></details>")

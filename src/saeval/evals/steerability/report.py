@@ -1,97 +1,64 @@
-"""Report section of the steerability eval: summary table, histogram of S at the summary strength, and the
-curves of the most steerable latents."""
+"""Report section of the steerability eval: the histogram of S at the summary strength, and per SAE the curves
+and words of its most steerable latents (the summary numbers are in the section's metrics table)."""
 
 from __future__ import annotations
 
 import html
 from typing import Any
 
-import plotly.graph_objects as go
+from saeval.report.figures import color, figure_html
 
-from saeval.report.html import figure_html
+S_TITLE = "steerability S (sum of squared mean probability shifts)"
+STRENGTH_TITLE = "steering strength s (latent activation)"
+
+
+def _best_latents(rec: dict[str, Any], s_idx: int) -> str:
+    """Curves of S and of the top concept's probability against strength, and a table of the 6 best latents."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    det = rec["details"]
+    best = sorted(det["latents"], key=lambda lat: -lat["steerability"][s_idx])[:6]
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
+                        subplot_titles=("S vs strength", "top concept's mean probability vs strength"))
+    for i, lat in enumerate(best):
+        label = f"#{lat['latent']}: {lat['top_concept']}"
+        line = dict(color=color(i))
+        fig.add_trace(go.Scatter(x=det["strengths"], y=lat["steerability"], mode="lines+markers", name=label,
+                                 legendgroup=label, line=line), row=1, col=1)
+        fig.add_trace(go.Scatter(x=det["strengths"], y=lat["top_concept_prob"], mode="lines+markers", name=label,
+                                 legendgroup=label, showlegend=False, line=line), row=1, col=2)
+    fig.update_xaxes(title_text=STRENGTH_TITLE)
+    fig.update_yaxes(title_text="S", row=1, col=1)
+    fig.update_yaxes(title_text="p(top concept)", row=1, col=2)
+    fig.update_layout(title=f"{rec['sae']['name']}: the 6 most steerable latents")
+    rows = "".join(
+        f"<tr><td>{lat['latent']}</td><td>{lat['steerability'][s_idx]:.3g}</td><td>{lat['power'][s_idx]:.3g}</td>"
+        f"<td class=l>{html.escape(', '.join(w for w, _ in lat['promoted']))}</td>"
+        f"<td class=l>{html.escape(', '.join(w for w, _ in lat['demoted']))}</td></tr>" for lat in best)
+    table = ("<div class='tw'><table class='sortable'><thead><tr><th>latent</th><th>S</th><th>power</th>"
+             f"<th class=l>promoted</th><th class=l>demoted</th></tr></thead><tbody>{rows}</tbody></table></div>")
+    return figure_html(fig, top=80) + table
 
 
 def report(records: list[dict[str, Any]]) -> str:
-    """Summary table, histogram of S at the summary strength, and the curves of the most steerable latents."""
-    columns = [
-        "sae",
-        "preset",
-        "host",
-        "summary_strength",
-        "n_latents",
-        "frac_steerable",
-        "n_distinct_top_concepts",
-        "mean_power",
-        "mean_steerability",
-        "mean_s_over_p",
-        "mean_polysemanticity",
-    ]
-    rows = []
+    import plotly.graph_objects as go
+
     hist = go.Figure()
     parts = []
-    for rec in records:
-        m, det = rec["metrics"], rec["details"]
-        rows.append({"sae": rec["sae"]["name"], "preset": rec.get("preset"), "host": det.get("host"), **m})
+    for i, rec in enumerate(records):
+        det = rec["details"]
         s_idx = det["strengths"].index(det["summary_strength"])
-        latents = det["latents"]
-        hist.add_trace(
-            go.Histogram(
-                x=[lat["steerability"][s_idx] for lat in latents],
-                name=rec["sae"]["name"],
-                opacity=0.6,
-                nbinsx=40,
-            )
-        )
-        best = sorted(latents, key=lambda lat: -lat["steerability"][s_idx])[:6]
-        curve_s, curve_p = go.Figure(), go.Figure()
-        for lat in best:
-            label = f"#{lat['latent']}: {lat['top_concept']}"
-            curve_s.add_trace(
-                go.Scatter(x=det["strengths"], y=lat["steerability"], mode="lines+markers", name=label)
-            )
-            curve_p.add_trace(
-                go.Scatter(x=det["strengths"], y=lat["top_concept_prob"], mode="lines+markers", name=label)
-            )
-        curve_s.update_layout(
-            title=f"{rec['sae']['name']}: steerability S vs strength (most steerable latents)",
-            xaxis_title="strength",
-            yaxis_title="S",
-        )
-        curve_p.update_layout(
-            title=f"{rec['sae']['name']}: top concept's mean probability vs strength",
-            xaxis_title="strength",
-            yaxis_title="p(top concept)",
-        )
-        table = "".join(
-            f"<tr><td>{lat['latent']}</td><td>{lat['steerability'][s_idx]:.3g}</td><td>{lat['power'][s_idx]:.3g}</td>"
-            f"<td>{html.escape(', '.join(w for w, _ in lat['promoted']))}</td>"
-            f"<td>{html.escape(', '.join(w for w, _ in lat['demoted']))}</td></tr>"
-            for lat in best
-        )
-        parts.append(
-            figure_html(curve_s)
-            + figure_html(curve_p)
-            + "<table><tr><th>latent</th><th>S</th><th>power</th><th>promoted</th><th>demoted</th></tr>"
-            + table
-            + "</table>"
-        )
-    hist.update_layout(
-        barmode="overlay",
-        title="Steerability S of sampled latents at the summary strength",
-        xaxis_title="S",
-        yaxis_title="latents",
-    )
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
+        hist.add_trace(go.Histogram(x=[lat["steerability"][s_idx] for lat in det["latents"]],
+                                    name=rec["sae"]["name"], opacity=0.6, nbinsx=40, marker_color=color(i)))
+        parts.append(_best_latents(rec, s_idx))
+    strengths = sorted({rec["details"]["summary_strength"] for rec in records})
+    hist.update_layout(barmode="overlay", title="Steerability S of the sampled latents at the summary strength",
+                       xaxis_title=S_TITLE, yaxis_title="latents (count)")
+    hosts = ", ".join(sorted({html.escape(str(rec["details"].get("host"))) for rec in records}))
     note = (
         "<p class='note'>Steering sets one latent to strength s at every token (SAE error kept); "
-        "S = sum over the vocabulary of the squared mean probability shift; "
-        "steerable iff S &gt; threshold.</p>"
+        "S = sum over the concept vocabulary of the squared mean probability shift; steerable iff S &gt; "
+        f"threshold. Summary strength {', '.join(f'{s:g}' for s in strengths)}; host {hosts}.</p>"
     )
-    return f"{note}<table><tr>{head}</tr>{body}</table>" + figure_html(hist) + "".join(parts)
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return html.escape("" if value is None else str(value))
+    return note + figure_html(hist) + "".join(parts)

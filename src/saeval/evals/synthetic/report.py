@@ -9,8 +9,40 @@ import numpy as np
 
 from saeval.evals.synthetic.config import GRID_MAX, TARGET_TYPES
 
+# The paper's setting (Giglemiani et al. 2024, GPT-2 small): the hook it perturbs and its mean L2 MS steps.
+PAPER_HOOK = "blocks.1.hook_resid_pre"
+PAPER_MS = {"real": 51.6, "sae_recon": 53.3, "synthetic_structured": 55.7, "synthetic_baseline": 56.9, "random": 65.0}
+ORDER = (("real", "ms_real", "real"), ("sae_recon", "ms_sae_recon", "SAE recon"),
+         ("synthetic_structured", "ms_synthetic_structured", "structured"),
+         ("synthetic_baseline", "ms_synthetic_baseline", "baseline"), ("random", "ms_random", "random"))
+# The comparison between consecutive targets in the paper's ordering: structured <= baseline, else strict.
+RELATIONS = ("<", "<", "<=", "<")
+
 COLORS = {"real": "#e67e22", "sae_recon": "#7f8c8d", "synthetic_structured": "#27ae60",
           "synthetic_baseline": "#8e44ad", "random": "#2980b9"}
+
+
+def ordering_sentence(rec: dict) -> str:
+    """One sentence: does the paper's ordering of mean MS steps hold for this SAE, with the measured and the
+    paper's values, and whether the SAE sits at the paper's hook."""
+    m, name = rec["metrics"], html.escape(rec["sae"]["name"])
+    hook = (rec.get("details") or {}).get("hook") or rec["sae"].get("hook_name") or "?"
+    values = [m.get(key) for _, key, _ in ORDER]
+    if any(v is None for v in values):
+        return f"<p><b>{name}</b> at {html.escape(hook)}: some mean MS steps are missing; no ordering verdict.</p>"
+    chain = f"{ORDER[0][2]} {values[0]:.1f}"
+    for (_, _, label), rel, prev, value in zip(ORDER[1:], RELATIONS, values[:-1], values[1:], strict=True):
+        ok = prev < value if rel == "<" else prev <= value
+        sym = {"<": "&lt;", "<=": "&le;"}[rel] if ok else "<b class='bad'>&#x226E;</b>" if rel == "<" else \
+            "<b class='bad'>&#x2270;</b>"
+        chain += f" {sym} {label} {value:.1f}"
+    verdict = "holds" if m.get("paper_ordering_holds") else "does not hold"
+    paper = " &lt; ".join(f"{PAPER_MS[t]:.1f}" for t, _, _ in ORDER[:3]) + \
+        f" &le; {PAPER_MS['synthetic_baseline']:.1f} &lt; {PAPER_MS['random']:.1f}"
+    where = ("the paper's hook" if hook == PAPER_HOOK else
+             f"not the paper's hook ({PAPER_HOOK}), so only the ordering, not the values, compares")
+    return (f"<p class='verdict'><b>{name}</b> at <code>{html.escape(hook)}</code> ({where}): the paper's ordering "
+            f"of mean MS steps <b>{verdict}</b> — {chain} (paper on GPT-2: {paper}).</p>")
 
 
 def report(records: list[dict]) -> str:
@@ -18,9 +50,12 @@ def report(records: list[dict]) -> str:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from saeval.report.html import figure_html, table_html
+    from saeval.report.figures import figure_html
+    from saeval.report.tables import table_html
 
-    parts = []
+    parts = ["<p class='note'>Paper ordering (mean steps before the model's output blows up, moving a real "
+             "activation towards each target): real &lt; SAE recon &lt; structured &le; baseline &lt; random.</p>"]
+    parts += [ordering_sentence(rec) for rec in records]
     for rec in records:
         d, m = rec["details"], rec["metrics"]
         name = html.escape(rec["sae"]["name"])
@@ -53,7 +88,7 @@ def report(records: list[dict]) -> str:
             items = "".join(f"<li>{html.escape(x)}</li>" for x in d["departures"])
             warn += (f"<p class='note'>Rules: {html.escape(d.get('reference', 'saeval'))}; departures from "
                      f"teren's code:</p><ul>{items}</ul>")
-        parts += [note, warn, table_html(rows, list(rows[0]))]
+        parts += [note, warn, table_html(rows, list(rows[0]), left=("target",))]
 
         fig = make_subplots(rows=1, cols=2, subplot_titles=("MS step (L2) histogram", "MS step (L2) CDF"))
         for t in TARGET_TYPES:
@@ -63,8 +98,11 @@ def report(records: list[dict]) -> str:
                                        xbins=dict(size=4), legendgroup=t), row=1, col=1)
             fig.add_trace(go.Scatter(x=values, y=cdf, mode="lines", line=dict(color=COLORS[t]), legendgroup=t,
                                      showlegend=False), row=1, col=2)
+        fig.update_xaxes(title_text="MS step (L2, 100-point grid)")
+        fig.update_yaxes(title_text="samples (count)", row=1, col=1)
+        fig.update_yaxes(title_text="fraction of samples", row=1, col=2)
         fig.update_layout(barmode="overlay", title=f"{name}: where perturbations blow up")
-        parts.append(figure_html(fig))
+        parts.append(figure_html(fig, top=80))
 
         fig = make_subplots(rows=1, cols=3, subplot_titles=("final-layer L2 vs step", "next-token KL vs step",
                                                             "plateau: L2 from target towards noise"))
@@ -77,8 +115,12 @@ def report(records: list[dict]) -> str:
                                              showlegend=(col == 1 and j == 0)), row=1, col=col)
         if d.get("plateau_threshold"):
             fig.add_hline(y=d["plateau_threshold"], line_dash="dot", row=1, col=3)
-        fig.update_layout(title=f"{name}: example curves (x: step on the 100-point grid)")
-        parts.append(figure_html(fig))
+        fig.update_xaxes(title_text="step (100-point grid)")
+        fig.update_yaxes(title_text="final-layer L2 distance", row=1, col=1)
+        fig.update_yaxes(title_text="next-token KL (nats)", row=1, col=2)
+        fig.update_yaxes(title_text="final-layer L2 distance", row=1, col=3)
+        fig.update_layout(title=f"{name}: example curves")
+        parts.append(figure_html(fig, top=80))
 
         if d.get("plateau"):
             fig = go.Figure()

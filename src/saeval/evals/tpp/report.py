@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from saeval.analysis.erasure_report import score_vs_n
+from saeval.report.curves import score_vs_n
 
 
 def report(records: list[dict[str, Any]]) -> str:
     return score_vs_n(records, "tpp_threshold_{n}_total_metric", "TPP total (intended - unintended) vs N",
+                      "probe accuracy drop (fraction)",
                       extra=[("tpp_threshold_{n}_intended_diff_only", "intended", "dash"),
                              ("tpp_threshold_{n}_unintended_diff_only", "unintended", "dot")])
