@@ -94,12 +94,31 @@ def test_case_study_outputs(tiny_host, pair, tmp_path, monkeypatch):
     assert [e.group for e in fewer.details.entries] == ["top"] and fewer.config_hash != result.config_hash
 
 
+def test_pairs_are_chosen_among_latents_with_enough_windows(tiny_host, pair, tmp_path):
+    """A shared pair whose latents never fire matches perfectly (same decoder rows) but has no activating window:
+    it is left out, and the next shared pairs are studied instead."""
+    import copy
+
+    a, b = (copy.deepcopy(s) for s in pair)
+    with torch.no_grad():
+        a.b_enc[2] = b.b_enc[9] = -1e6  # the shared pair (2, 9) never fires
+    _, _, result = run_tiny(tiny_host, [a, b], tmp_path, bottom=0)
+    assert {tuple(e.indices) for e in result.details.entries} == {(5, 0), (11, 4)}
+    assert all(e.fired == [True, True] for e in result.details.entries)
+    d = result.details
+    assert d.min_activating_windows == get_study("case_study").config("tiny").embedding.n_test
+    assert d.n_eligible_pairs == 15  # every matched pair but (2, 9)
+    assert select_pairs(match_saes(a, b), 1, 0)[0][2][:2] in {(2, 9), (5, 0), (11, 4)}  # no rule: any shared
+
+
 def test_select_pairs_without_repeats():
     class M:
         pairs = [(i, i, 1 - i / 10) for i in range(5)]
 
     chosen = select_pairs(M(), 3, 3)
     assert [p[0] for _, _, p in chosen] == [0, 1, 2, 4, 3]
+    odd = select_pairs(M(), 1, 1, keep=lambda a, b: a % 2 == 1)
+    assert [(g, p[0]) for g, _, p in odd] == [("top", 1), ("bottom", 3)]
 
 
 def test_bad_inputs(tiny_host, pair, tmp_path):

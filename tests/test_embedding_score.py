@@ -126,7 +126,7 @@ def test_prerequisites_and_typed_explain_config():
 
     spec = get_eval("embedding_score")
     assert spec.prerequisites(spec.config()) == ("self_explanation",)
-    assert spec.prerequisites(spec.config(explainer="local")) == ("core",)
+    assert spec.prerequisites(spec.config(explainer="local")) == ()  # latents drawn from the eval's own pass
     assert spec.prerequisites(spec.config(latents=[0, 1])) == ()
     tiny = spec.config("tiny", explain={"max_new_tokens": 3})
     # Nested fields merge over the preset's: the tiny sweep sizes stay, the one field given changes.
@@ -138,9 +138,34 @@ def test_prerequisites_and_typed_explain_config():
         spec.config(explainer="gpt4")
 
 
-def test_eval_scores_self_explanation_results(planted, monkeypatch):
-    """With self_explanation's result at hand the eval scores exactly its latents and explanations, and
-    generates none itself."""
+def window_counts(host, sae, config) -> list[int]:
+    """Activating windows of each latent on the eval's contexts, counted independently of the windows pass."""
+    contexts = load_contexts(host, "sotu", config.n_tokens, config.ctx_len, 0)
+    f_BLF = sae.encode(host.capture(contexts, [HOOK])[HOOK]) * host.ordinary_mask(contexts)[..., None]
+    n_w = (config.ctx_len - 1) // config.window
+    f = f_BLF[:, 1 : 1 + n_w * config.window].reshape(-1, config.window, sae.d_sae).detach().numpy()
+    return (f.max(1) > 0).sum(0).tolist()
+
+
+class CountingHost:
+    """The tiny host, counting its captures (to see that a second SAE's pass reuses the first one's forward)."""
+
+    def __init__(self, host):
+        self._host, self.n_captures = host, 0
+
+    def __getattr__(self, name):
+        return getattr(self._host, name)
+
+    def capture(self, *args, **kwargs):
+        self.n_captures += 1
+        return self._host.capture(*args, **kwargs)
+
+
+def test_eval_draws_latents_with_enough_windows_and_reuses_self_explanations(planted, monkeypatch):
+    """Latents are drawn among those with at least min_activating_windows activating windows (n_test by
+    default): the dead latent 2 is never drawn although self_explanation explained it; self_explanation's
+    eligible latent 0 is reused, the other drawn latent explained once; the mean AUROC gets a bootstrap interval
+    (None with one scored latent); a second SAE's pass reuses the run's forward to the hook."""
     from types import SimpleNamespace
 
     import saeval.evals.embedding_score.run as emb_run
@@ -150,21 +175,52 @@ def test_eval_scores_self_explanation_results(planted, monkeypatch):
     host, _, sae = planted
     spec = get_eval("embedding_score")
     config = spec.config("tiny")
+    calls: list[list[int]] = []
 
-    def no_generation(*args, **kwargs):
-        raise AssertionError("generated explanations although self_explanation's were given")
+    def fake_explain(ctx, sae, latents, config):
+        calls.append(list(latents))
+        return [SimpleNamespace(latent=f, explanation="the word of") for f in latents]
 
-    monkeypatch.setattr(emb_run, "memo_self_explain", no_generation)
+    monkeypatch.setattr(emb_run, "memo_self_explain", fake_explain)
     monkeypatch.setattr(emb_run, "load_embedding_model", lambda name: KeywordEmbedder())
-    ctx = EvalContext(host=host, hook=HOOK, preset="tiny")
+    counting = CountingHost(host)
+    ctx = EvalContext(host=counting, hook=HOOK, preset="tiny")
     explained = [SimpleNamespace(latent=0, explanation="the word the"), SimpleNamespace(latent=2, explanation="x")]
     ctx.provide(sae, SimpleNamespace(eval="self_explanation", details=SimpleNamespace(explanations=explained)))
+    counts = window_counts(host, sae, config)
+    assert counts[0] > counts[1] >= config.n_test > counts[2] == 0
     result = spec.run_fn()(ctx, sae, config)
-    assert [s.latent for s in result.details.scores] == [0, 2]
-    first, dead = result.details.scores
+    assert [s.latent for s in result.details.scores] == [0, 1] and calls == [[1]]
+    first, second = result.details.scores
     assert first.explanation == "the word the" and first.auroc == pytest.approx(1.0)
-    assert dead.auroc is None and "never fired" in dead.note
-    assert "reused self_explanation" in result.details.explainer and result.metrics.n_never_fired == 1
+    m = result.metrics
+    assert m.n_eligible == 2 and m.n_scored == 2 and m.n_never_fired == 0
+    assert m.mean_auroc_ci_low <= m.mean_auroc <= m.mean_auroc_ci_high
+    assert result.details.min_activating_windows == config.n_test
+    assert "only 2 latents have at least 10 activating windows" in result.warnings[0]
+    n_forward = counting.n_captures
+    assert n_forward > 0
+    # The bar is "at least": latent 1 has exactly counts[1] windows.
+    at = spec.run_fn()(ctx, sae, config.model_copy(update={"min_activating_windows": counts[1]}))
+    above = spec.run_fn()(ctx, sae, config.model_copy(update={"min_activating_windows": counts[1] + 1}))
+    assert [s.latent for s in at.details.scores] == [0, 1] and at.metrics == m
+    assert [s.latent for s in above.details.scores] == [0] and above.metrics.n_eligible == 1
+    assert above.metrics.mean_auroc_ci_low is None and above.metrics.mean_auroc_ci_high is None
+    assert counting.n_captures == n_forward  # the same contexts: the forward came from the run's memo
+
+
+def test_mean_auroc_interval_equals_a_numpy_bootstrap():
+    """scipy's percentile bootstrap equals an independent NumPy one with the same generator: 10,000 resamples
+    of the latents (with replacement), their means, the 2.5th and 97.5th percentiles."""
+    from saeval.evals.embedding_score.score import mean_ci
+
+    values = np.random.default_rng(1).uniform(0.3, 0.9, 32)
+    rng = np.random.default_rng(7)
+    means = values[rng.integers(0, len(values), (10_000, len(values)))].mean(1)
+    assert mean_ci(values, 10_000, 7) == pytest.approx(tuple(np.percentile(means, [2.5, 97.5])), abs=1e-12)
+    low, high = mean_ci(values, 10_000, 8)
+    assert low < values.mean() < high and (low, high) != mean_ci(values, 10_000, 7)
+    assert mean_ci([0.7], 1000, 0) == (None, None) and mean_ci([], 1000, 0) == (None, None)
 
 
 # ---------------------------------------------------------------- selection="delphi"
@@ -269,7 +325,7 @@ def test_delphi_mode_run(graded, monkeypatch, tmp_path):
     import saeval.evals.embedding_score.score as emb_score
     from saeval.evals import get_eval
     from saeval.evals.base import EvalContext
-    from saeval.report.html import build_report
+    from saeval.report import build_report
     from saeval.results import write_result
 
     host, win, sae = graded
@@ -317,7 +373,7 @@ def test_default_selection_and_its_departures():
 
 
 def test_report_departures_line_reads_any_eval():
-    from saeval.report.html import departures_line
+    from saeval.report.sections import departures_line
 
     assert departures_line({"eval": "core", "details": {}}) == ""
     assert departures_line({"eval": "x", "details": "n/a"}) == ""

@@ -185,6 +185,13 @@ def test_extract_and_bad_inputs(tiny_host):
     assert extract_explanation('Elephant" and more') == "Elephant"
     assert extract_explanation(" big cats\nsecond line") == "big cats"
     assert extract_explanation('Nope\n5. "x"') == "Nope"
+    # meaning: the model closes the quote on a word and explains after it; the line is the explanation.
+    said = 'forest" or "enclosed" in the context of horticulture.\nMore'
+    assert extract_explanation(said, "meaning") == '"forest" or "enclosed" in the context of horticulture.'
+    assert extract_explanation(said) == "forest"
+    assert extract_explanation("a sudden, intense feeling", "meaning") == "a sudden, intense feeling"
+    assert extract_explanation('writing."', "meaning") == "writing."
+    assert extract_explanation(' "\n\nRust has', "meaning") == ""
     sae = tiny_sae(tiny_host)
     with pytest.raises(SaevalError, match="out of range"):
         self_explain(tiny_host, sae, [3], SelfExplanationConfig(**TINY))
@@ -253,3 +260,20 @@ def test_smollm2_repeats_an_injected_word(smollm2):
     out = self_explain(host, sae, [0], cfg)[0]
     assert not out.sweep.failed and out.sweep.chosen_scale > 60.0
     assert any("elephant" in e.lower() for e in out.best), out.best
+
+
+def test_cached_prefix_rows_equal_full_rows(tiny_host, monkeypatch):
+    """The sweep runs the positions before the first placeholder once (KV cache); rows continued from that cache
+    equal rows run in full from the replacement hook (the path for models whose cache cannot be tiled)."""
+    import saeval.evals.self_explanation.explain as explain
+
+    host = tiny_host
+    ids, positions = build_prompt(host, "meaning")
+    assert min(positions) > 0 and explain._prefix_cache(host, torch.tensor([ids[: min(positions)]])) is not None
+    vectors = torch.randn(5, host.d_model, generator=torch.Generator().manual_seed(2)) * 10
+    args = (host, ids, positions, vectors, TINY["rep_hook"], TINY["probe_hook"], 2)
+    logp, resid = explain.last_position_rows(*args)
+    monkeypatch.setattr(explain, "_prefix_cache", lambda host, tokens: None)
+    logp_full, resid_full = explain.last_position_rows(*args)
+    torch.testing.assert_close(logp, logp_full, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(resid, resid_full, atol=1e-4, rtol=1e-4)

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from saeval.analysis.windows import collect_windows, top_activated_windows
+from saeval.analysis.windows import (
+    SharedCapture,
+    collect_windows,
+    pick_active_latents,
+    shared_host,
+    top_activated_windows,
+)
 from saeval.data.corpora import load_contexts
 from saeval.errors import SaevalError
 from saeval.saes.base import SAEConfig, create_sae
@@ -109,6 +115,62 @@ def test_reservoir_and_pool_are_consistent(setup):
     again = collect_windows(host, [(sae, feats)], contexts, HOOK, window=10, k=3, batch_size=6, reservoir=8,
                             n_pool=20, seed=1)[0]
     assert again.reservoir == res.reservoir  # seeded
+
+
+def test_latents_drawn_among_those_with_enough_windows(setup):
+    """The pass counts every latent's activating windows (as the brute force does); the draw keeps only latents
+    with at least the minimum, puts the preferred eligible ones first, is seeded, and returns all the eligible
+    ones when fewer than asked."""
+    host, contexts, sae = setup
+    every = list(range(sae.d_sae))
+    res = collect_windows(host, [(sae, every)], contexts, HOOK, window=10, k=3, batch_size=6)[0]
+    _, f, _ = brute_force(host, sae, contexts, every, 10)
+    counts = (f.max(1) > 0).sum(0)
+    assert [res.active_windows[j] for j in every] == counts.tolist()
+    need = int(np.median(counts)) + 1
+    eligible = {j for j in every if counts[j] >= need}
+    assert 4 <= len(eligible) < len(every)
+    low = min(every, key=lambda j: counts[j])  # below the bar: never drawn, even when preferred
+    pick = pick_active_latents(res, 3, need, seed=0, prefer=[low, max(eligible)])
+    assert len(pick) == 3 and set(pick) <= eligible and max(eligible) in pick and low not in pick
+    assert pick == pick_active_latents(res, 3, need, seed=0, prefer=[low, max(eligible)]) == sorted(pick)
+    draws = {tuple(pick_active_latents(res, 2, need, seed=s)) for s in range(12)}
+    assert len(draws) > 1 and all(set(d) <= eligible for d in draws)
+    assert pick_active_latents(res, 100, need, seed=0) == sorted(eligible)
+
+
+def test_shared_capture_serves_a_second_pass_from_the_memo(setup):
+    """A second SAE's pass over the same contexts reads the hook's activations from the memo (no forward) and
+    gives the same records; other hooks and large contexts go to the host."""
+    host, contexts, sae = setup
+    calls = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(host, name)
+
+        def capture(self, tokens, hooks, *args, **kwargs):
+            calls.append(list(hooks))
+            return host.capture(tokens, hooks, *args, **kwargs)
+
+    memo: dict = {}
+    counting = Counting()
+    first = collect_windows(shared_host(counting, HOOK, contexts, memo), [(sae, [1, 2])], contexts, HOOK, window=10,
+                            k=3, batch_size=6, reservoir=8, n_pool=20, seed=1)[0]
+    n = len(calls)
+    assert n == -(-len(contexts) // 6)  # one forward per batch of 6 contexts
+    again = collect_windows(shared_host(counting, HOOK, contexts, memo), [(sae, [1, 2])], contexts, HOOK, window=10,
+                            k=3, batch_size=6, reservoir=8, n_pool=20, seed=1)[0]
+    assert len(calls) == n and again.reservoir == first.reservoir
+    assert again.latents[1].max == first.latents[1].max
+    plain = collect_windows(host, [(sae, [1, 2])], contexts, HOOK, window=10, k=3, batch_size=6, reservoir=8,
+                            n_pool=20, seed=1)[0]
+    assert plain.latents[2].max == first.latents[2].max
+    shared = shared_host(counting, HOOK, contexts, memo)
+    assert isinstance(shared, SharedCapture)
+    shared.capture(contexts[:6], ["blocks.0.hook_resid_pre"])
+    assert len(calls) == n + 1  # another hook: a forward
+    assert shared_host(host, HOOK, contexts, None) is host
 
 
 def test_bad_inputs(setup):

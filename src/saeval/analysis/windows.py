@@ -9,10 +9,17 @@ count (their activation is zeroed). Latents that never fire are reported in ``ne
 For scoring explanations the same pass can also keep, per latent, a uniform reservoir sample of its activating
 windows (bottom-R random priorities, so it is deterministic for a seed) and the latents' max activation on a
 fixed random pool of windows (the non-activating candidates), both O(latents x R).
+
+Every latent's count of activating windows comes out of the pass (``WindowsResult.active_windows``), so a pass
+over all latents can pick the ones worth explaining: ``pick_active_latents`` draws, seeded, among the latents
+with at least a minimum of activating windows (the embedding score and the case study use it). The forward to
+the hook depends on no SAE: ``shared_host`` keeps it in the run's memo so the next SAE's pass only encodes.
 """
 
 from __future__ import annotations
 
+import hashlib
+import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -44,6 +51,8 @@ class WindowsResult:
     reservoir: Mapping[int, list[tuple[int, float]]] = field(default_factory=dict)
     pool_ids: list[int] = field(default_factory=list)
     pool_max: Mapping[int, list[float]] = field(default_factory=dict)  # latent -> max act on each pool window
+    # latent -> number of windows where it fired: read for every latent (selection) without building its records
+    active_windows: Mapping[int, int] = field(default_factory=dict)
 
     def window_tokens(self, window_id: int) -> list[int]:
         ctx, idx = divmod(window_id, self.windows_per_context)
@@ -204,6 +213,7 @@ class WindowCollector:
             reservoir=LazyRecords(feats, reservoir) if self.R else {},
             pool_ids=sorted(self.pool_pos),
             pool_max=LazyRecords(feats, lambda i: self.pool_max[:, i].tolist()),
+            active_windows=dict(zip(feats, self.active_windows.tolist(), strict=True)),
         )
 
     def _examples(self, criterion: str, i: int, rows: list[list[int]], text) -> list[ActExample]:
@@ -305,6 +315,61 @@ def collect_windows(
         for c in collectors:
             c.update(acts, mask, s)
     return [c.result(host.tokenizer, contexts_NL) for c in collectors]
+
+
+def pick_active_latents(
+    windows: WindowsResult, n: int, min_windows: int, seed: int, prefer: Sequence[int] = ()
+) -> list[int]:
+    """``n`` latents drawn at random (seeded) among those of the pass with at least ``min_windows`` activating
+    windows, those in ``prefer`` (e.g. latents another eval of the run already explained) first; sorted.
+
+    A latent with few activating windows cannot fill a test set, so its score would rest on a handful of windows
+    (or none): choosing among the eligible ones keeps every scored latent's AUROC on full samples. The draw
+    never looks at explanations or scores, so the chosen latents are a uniform sample of the eligible ones."""
+    eligible = [f for f in windows.features if windows.active_windows[f] >= min_windows]
+    ok = set(eligible)
+    rng = random.Random(seed)
+    first = sorted({int(f) for f in prefer if int(f) in ok})
+    if len(first) > n:
+        first = rng.sample(first, n)
+    taken = set(first)
+    rest = [f for f in eligible if f not in taken]
+    return sorted(first + rng.sample(rest, min(n - len(first), len(rest))))
+
+
+# The forward to a hook over a run's contexts depends only on (model, hook, tokens), not on the SAE: it is kept in
+# the run's memo for the next SAE and the next eval when small (the demo's 16k tokens at d_model 576: 38 MB).
+MEMO_MAX_FLOATS = 64_000_000
+
+
+class SharedCapture:
+    """The host as a windows pass sees it, its activations at ``hook`` kept in ``store`` (a run's memo) by the
+    content of each batch of tokens, so a second pass over the same contexts (another SAE, another eval at the
+    same hook with the same contexts and batch size) only encodes. Any other call goes to the host."""
+
+    def __init__(self, host, hook: str, store: dict[str, Tensor]):
+        self._host, self._hook, self._store = host, hook, store
+
+    def __getattr__(self, name: str):
+        return getattr(self._host, name)
+
+    def capture(self, tokens_BL: Tensor, hooks, attention_mask_BL: Tensor | None = None,
+                interventions=None) -> dict[str, Tensor]:
+        if list(hooks) != [self._hook] or attention_mask_BL is not None or interventions:
+            return self._host.capture(tokens_BL, hooks, attention_mask_BL, interventions)
+        key = hashlib.blake2b(tokens_BL.cpu().numpy().tobytes(), digest_size=16).hexdigest() + str(
+            tuple(tokens_BL.shape))
+        if key not in self._store:
+            self._store[key] = self._host.capture(tokens_BL, hooks)[self._hook]
+        return {self._hook: self._store[key]}
+
+
+def shared_host(host, hook: str, contexts_NL: Tensor, memo: dict | None):
+    """``host`` wrapped so that its activations at ``hook`` over ``contexts_NL`` are shared through ``memo``
+    (a run's ``ctx.memo``) when they fit MEMO_MAX_FLOATS; the plain host otherwise or without a memo."""
+    if memo is None or contexts_NL.numel() * host.d_model > MEMO_MAX_FLOATS:
+        return host
+    return SharedCapture(host, hook, memo.setdefault(("hook-activations", id(host), hook), {}))
 
 
 def top_activated_windows(

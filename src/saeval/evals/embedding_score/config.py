@@ -33,8 +33,9 @@ class EmbeddingConfig(EvalConfig):
     explainer: str = Field("self", description="self (self-explanation) | local | local:MODEL | openai:MODEL@BASE_URL")
     n_explain_windows: int = Field(10, gt=0, description="top windows (by max) shown to an explainer chat model")
     selection: Literal["saeval", "delphi"] = Field(
-        "saeval", description="saeval: score every chosen latent that fired, explainer shown its top windows by max; "
-        "delphi: delphi's sampler (latents with fewer than delphi_min_examples activating windows skipped, "
+        "saeval", description="saeval: latents drawn among those with min_activating_windows (default: a test "
+        "set's worth), explainer shown its top windows by max; delphi: delphi's sampler (latents drawn among those "
+        "with delphi_min_examples activating windows, given latents with fewer skipped, "
         "explainer shown delphi_n_explain windows sampled by quantile), its train/test leak fixed")
     delphi_min_examples: int = Field(
         200, gt=0, description="selection=delphi: fewest activating windows a scored latent has "
@@ -46,8 +47,26 @@ class EmbeddingConfig(EvalConfig):
         default_factory=SelfExplanationConfig,
         description="self-explanation settings for latents the self_explanation eval did not explain")
     latents: list[NonNegativeInt] | None = Field(
-        None, description="latents to score; None: those of self_explanation, or n_latents live ones at random")
-    n_latents: int = Field(32, gt=0, description="latents drawn at random when neither latents nor explanations exist")
+        None, description="latents to score; None: n_latents drawn at random (seeded) among the latents with at "
+        "least min_activating_windows activating windows in the scanned tokens, self_explanation's latents first")
+    n_latents: int = Field(32, gt=0, description="latents drawn when latents is None")
+    min_activating_windows: int | None = Field(
+        None, gt=0, description="fewest activating windows a drawn latent has in the scanned tokens; None: n_test "
+        "plus the windows an explainer model is shown (n_explain_windows; delphi_n_explain when selection=delphi), "
+        "so every drawn latent fills its test set; selection=delphi: delphi_min_examples (delphi's min_examples)")
+    n_bootstrap: int = Field(
+        10_000, ge=100, description="bootstrap resamples of the scored latents' AUROCs for the 95% percentile "
+        "interval of the mean AUROC (seeded)")
+
+    def min_windows(self) -> int:
+        """The activating windows a drawn latent needs (min_activating_windows resolved)."""
+        if self.min_activating_windows is not None:
+            return self.min_activating_windows
+        if self.selection == "delphi":
+            return self.delphi_min_examples
+        if self.explainer == "self":  # self-explanation sees no window: the test set is all it needs
+            return self.n_test
+        return self.n_test + self.n_explain_windows
 
     @field_validator("explainer")
     @classmethod
@@ -87,6 +106,13 @@ class EmbeddingMetrics(BaseModel):
     n_below_min_examples: int = Field(
         0, description="selection=delphi: latents skipped for fewer than delphi_min_examples activating windows")
     mean_auroc: float | None = Field(description="mean AUROC over scored latents")
+    mean_auroc_ci_low: float | None = Field(
+        None, description="2.5th percentile of the bootstrap means (95% interval of mean_auroc over the scored "
+        "latents, n_bootstrap resamples, seeded); None with fewer than 2 scored latents")
+    mean_auroc_ci_high: float | None = Field(None, description="97.5th percentile of the bootstrap means")
+    n_eligible: int | None = Field(
+        None, description="latents of the SAE with at least min_activating_windows activating windows in the "
+        "scanned tokens (the pool the latents were drawn from); None when the latents were given")
     median_auroc: float | None = Field(description="median AUROC over scored latents")
     frac_auroc_above_0_5: float | None = Field(description="fraction of scored latents above chance")
 
@@ -97,6 +123,8 @@ class EmbeddingDetails(BaseModel):
     n_tokens_scanned: int
     scores: list[LatentScore]
     selection: str = Field("saeval", description="config.selection")
+    min_activating_windows: int | None = Field(
+        None, description="activating windows a drawn latent needed (config.min_windows()); None: latents given")
     anchor: str = Field("delphi", description="the implementation the departures are measured against")
     departures: list[str] = Field([], description="where this run departs from delphi on purpose, and why")
 
@@ -120,8 +148,10 @@ def departures(config: EmbeddingConfig) -> list[str]:
         "O(latents x reservoir)")
     if config.selection == "saeval":
         out.append(
-            "delphi scores only latents with at least 200 activating examples (min_examples); saeval scores every "
-            "chosen latent that fired, so rare latents are reported rather than dropped (selection=delphi skips them)")
+            "delphi scores only latents with at least 200 activating examples (min_examples); saeval draws its "
+            f"latents among those with at least {config.min_windows()} activating windows (a full test set, "
+            "min_activating_windows), a bar that a short corpus can meet, and scores given latents whatever they "
+            "fire (selection=delphi keeps 200)")
         if config.explainer != "self":
             out.append(
                 "delphi's explainer sees 40 examples sampled by activation quantile; saeval shows the top "
@@ -143,8 +173,8 @@ def departures(config: EmbeddingConfig) -> list[str]:
 
 
 def requires(config: EmbeddingConfig) -> tuple[str, ...]:
-    """Given latents need nothing; self-explanations reuse the self_explanation eval's; otherwise core's
-    densities pick live latents."""
+    """Self-explanations reuse the self_explanation eval's; latents are drawn from the eval's own windows pass
+    (by activating windows), so nothing else is needed."""
     if config.latents is not None:
         return ()
-    return ("self_explanation",) if config.explainer == "self" else ("core",)
+    return ("self_explanation",) if config.explainer == "self" else ()

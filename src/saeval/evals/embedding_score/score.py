@@ -27,8 +27,11 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
+from scipy.stats import bootstrap
 from sklearn.metrics import roc_auc_score
+from torch import Tensor
 
 from saeval.analysis.window_records import LatentWindows
 from saeval.analysis.windows import ActExample, WindowsResult
@@ -85,6 +88,29 @@ def quantile_sample(
         bin_ = [w for w, _ in ordered[q * size : (q + 1) * size]]
         picked += bin_ if len(bin_) <= per else rng.sample(bin_, per)
     return picked
+
+
+def mean_ci(
+    values: Sequence[float], n_resamples: int, seed: int, level: float = 0.95
+) -> tuple[float | None, float | None]:
+    """Percentile bootstrap interval of the mean of ``values`` (scipy.stats.bootstrap, ``n_resamples`` resamples,
+    seeded); (None, None) with fewer than 2 values, where no spread can be estimated."""
+    if len(values) < 2:
+        return None, None
+    res = bootstrap((np.asarray(values, dtype=np.float64),), np.mean, n_resamples=n_resamples, confidence_level=level,
+                    method="percentile", rng=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def embed_texts(model, texts: Sequence[str], memo: dict[str, Tensor] | None = None) -> Tensor:
+    """Unit embeddings of ``texts`` [n, d], one batch for the texts not in ``memo`` (text -> row): a run embeds
+    each window once, although the random non-activating windows recur for every latent and every SAE."""
+    memo = {} if memo is None else memo
+    todo = list(dict.fromkeys(t for t in texts if t not in memo))
+    if todo:
+        rows = model.encode(todo, normalize_embeddings=True, convert_to_tensor=True)
+        memo.update(zip(todo, rows.float().cpu(), strict=True))
+    return torch.stack([memo[t] for t in texts]) if texts else torch.zeros(0, 1)
 
 
 def marked_text(example: ActExample) -> str:
@@ -174,12 +200,14 @@ def embedding_scores(
     config: EmbeddingConfig,
     seed: int = 0,
     explained: dict[int, set[int]] | None = None,
+    memo: dict[str, Tensor] | None = None,
 ) -> dict[int, LatentScore]:
     """AUROC per latent; windows are embedded once even when several latents use them.
 
     ``explained``: per latent, the windows its explainer saw (excluded from scoring). Self-explanation sees
     no window, so nothing is excluded then; an explainer LLM sees ``explaining_windows`` (or, in delphi mode,
-    ``delphi_explaining_windows``). In delphi mode latents below ``delphi_min_examples`` are skipped."""
+    ``delphi_explaining_windows``). In delphi mode latents below ``delphi_min_examples`` are skipped.
+    ``memo``: window text -> embedding, shared by the calls of a run (see embed_texts)."""
     rng = random.Random(seed)
     plan: dict[int, tuple[list[int], list[int], str]] = {}
     for f, explanation in explanations.items():
@@ -210,12 +238,10 @@ def embedding_scores(
         plan[f] = (act, non, note)
     needed = sorted({w for a, n, _ in plan.values() for w in a + n})
     texts = [tokenizer.decode(windows.window_tokens(w)) for w in needed]
-    emb = (
-        model.encode(texts, normalize_embeddings=True, convert_to_tensor=True) if texts else torch.zeros(0, 1)
-    )
+    emb = embed_texts(model, texts, memo)
     row = {w: i for i, w in enumerate(needed)}
     queries = [QUERY_PREFIX + explanations[f] for f in plan]
-    q_emb = model.encode(queries, normalize_embeddings=True, convert_to_tensor=True) if queries else None
+    q_emb = model.encode(queries, normalize_embeddings=True, convert_to_tensor=True).float().cpu() if queries else None
     out: dict[int, LatentScore] = {}
     for qi, (f, (act, non, note)) in enumerate(plan.items()):
         sims_a = [float(emb[row[w]] @ q_emb[qi]) for w in act] if q_emb is not None else []

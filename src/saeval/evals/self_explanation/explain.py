@@ -31,6 +31,8 @@ sprint/self_explanation/rate_new.py), on purpose; ``selfsim="reference"`` reprod
 
 from __future__ import annotations
 
+import copy
+import inspect
 from collections.abc import Sequence
 
 import numpy as np
@@ -148,32 +150,79 @@ def _minmax(x: np.ndarray) -> np.ndarray:
     return (x - x.min()) / span if span > 1e-12 else np.zeros_like(x)
 
 
+def _cache_kwarg(model) -> str:
+    """The name the model's forward takes its KV cache under (``cache`` in recent transformers)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _prefix_cache(host, tokens_1L: Tensor):
+    """The KV cache of the prompt's positions before its first placeholder, or None when the model's cache
+    cannot be tiled over a batch (then every row runs in full)."""
+    out = host.model(input_ids=tokens_1L.to(host.device), use_cache=True)
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    return cache if hasattr(cache, "batch_repeat_interleave") else None
+
+
+@torch.inference_mode()
+def last_position_rows(
+    host, ids: list[int], positions: list[int], vectors_RD: Tensor, rep: str, probe: str, batch_size: int
+) -> tuple[Tensor, Tensor]:
+    """Next-token log-probabilities [R, V] and the probe residual [R, D] at the prompt's last position, with the
+    placeholder positions of row r replaced by vectors_RD[r] at ``rep``.
+
+    The positions before the first placeholder are the same in every row (causal attention): they run once, and
+    each batch continues from their KV cache, so a row costs its suffix (for SmolLM2's "meaning" prompt 18 of
+    50 positions, all layers) instead of the whole prompt from ``rep`` on."""
+    tokens = torch.tensor([ids])
+    p0 = min(positions)
+    cache = _prefix_cache(host, tokens[:, :p0]) if p0 > 0 else None
+    base = state = None
+    if cache is None:
+        base, state = host.prefix(tokens, rep)
+    logp_rows, resid_rows = [], []
+    for s in range(0, len(vectors_RD), batch_size):
+        vec = vectors_RD[s : s + batch_size]
+        store: list[Tensor] = []
+        if cache is not None:
+            rows = copy.deepcopy(cache)
+            rows.batch_repeat_interleave(len(vec))
+            at = [p - p0 for p in positions]
+
+            def replace(acts_BLD: Tensor, vec=vec, at=at) -> Tensor:
+                acts_BLD = acts_BLD.clone()
+                acts_BLD[:, at] = vec[:, None, :].to(acts_BLD)
+                return acts_BLD
+
+            params = inspect.signature(host.model.forward).parameters
+            keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+            with host.hooks(interventions={rep: replace}, captures={probe: store}):
+                out = host.model(input_ids=tokens[:, p0:].repeat(len(vec), 1).to(host.device), use_cache=True,
+                                 **{_cache_kwarg(host.model): rows}, **keep)
+            logits = out.logits
+        else:
+            acts = base.repeat(len(vec), 1, 1)
+            acts[:, positions] = vec[:, None, :].to(acts)
+            with host.hooks(captures={probe: store}):
+                resid_BLD = host.residual_from(state, acts)
+            # Only the last position is unembedded: the full [batch, positions, vocab] logits would cost more
+            # memory and time than a third of the blocks.
+            logits = host.logits_from_residual(resid_BLD[:, -1:])
+        logp_rows.append(F.log_softmax(logits[:, -1].float(), dim=-1).cpu())
+        resid_rows.append(store[0][:, -1].float().cpu())
+    return torch.cat(logp_rows), torch.cat(resid_rows)
+
+
 @torch.inference_mode()
 def scale_sweep(host, dirs_FD: Tensor, config: SelfExplanationConfig) -> list[ScaleSweep]:
     """Self-similarity, entropy and cross-entropy over the scale grid, for each direction (unit rows)."""
     rep, probe = _check_hooks(host, config)
     ids, positions = build_prompt(host, config.template)
-    tokens = torch.tensor([ids])
-    base, state = host.prefix(tokens, rep)
     scales = torch.linspace(config.min_scale, config.max_scale, config.n_search_scales)
     emb = host.model.get_input_embeddings().weight.detach().float()
     mean_emb = F.normalize(emb.mean(0), dim=0)
     # Shared reference variants: X = 0 (the scale-0 reference) and X = unit mean embedding (cross-entropy).
-    vectors = [torch.zeros(host.d_model), mean_emb] + [s * d for d in dirs_FD for s in scales]
-    logp_rows, resid_rows = [], []
-    for s in range(0, len(vectors), config.batch_size):
-        vec = torch.stack(vectors[s : s + config.batch_size]).to(base.dtype)
-        acts = base.repeat(len(vec), 1, 1)
-        acts[:, positions] = vec[:, None, :].to(acts.device)
-        store: list[Tensor] = []
-        with host.hooks(captures={probe: store}):
-            resid_BLD = host.residual_from(state, acts)
-        # Only the last position is unembedded: the full [batch, positions, vocab] logits would cost more
-        # memory and time than a third of the blocks.
-        logits = host.logits_from_residual(resid_BLD[:, -1:])
-        logp_rows.append(F.log_softmax(logits[:, -1].float(), dim=-1).cpu())
-        resid_rows.append(store[0][:, -1].float().cpu())
-    logp, resid = torch.cat(logp_rows), torch.cat(resid_rows)
+    vectors = torch.stack([torch.zeros(host.d_model), mean_emb] + [s * d for d in dirs_FD for s in scales])
+    logp, resid = last_position_rows(host, ids, positions, vectors.to(host.dtype), rep, probe, config.batch_size)
     entropy = -(logp.exp() * logp).sum(-1)
     S = len(scales)
     threshold, _ = config.threshold()
@@ -205,10 +254,19 @@ def scale_sweep(host, dirs_FD: Tensor, config: SelfExplanationConfig) -> list[Sc
     return out
 
 
-def extract_explanation(text: str) -> str:
-    """The completion up to the closing quote of the template's last opened quote, or the end of the line,
-    whichever comes first."""
-    return text.split('"', 1)[0].split("\n", 1)[0].strip()
+def extract_explanation(text: str, template: str = "repeat") -> str:
+    """The explanation in a completion of the template's reply, which ends in an opened quote.
+
+    repeat: the fourth repetition, up to its closing quote or the line end (what follows continues the list).
+    meaning: the first line. The model often closes the quote on a word and explains after it ('forest" or
+    "enclosed" in the context of horticulture'): cutting at the quote, as for repeat, would keep one word, so
+    the line is kept with the prompt's opening quote restored. An empty quote is no explanation."""
+    line = text.split("\n", 1)[0]
+    quoted, closed, rest = line.partition('"')
+    quoted = quoted.strip()
+    if template == "repeat" or not closed or not quoted or not rest.strip():
+        return quoted
+    return f'"{quoted}"{rest.rstrip()}'
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor, list[int]]:
@@ -328,7 +386,8 @@ def self_explain(
     for i, f in enumerate(latents):
         mine = [(s, text) for (j, s), text in zip(jobs, texts, strict=True) if j == i]
         at = text_metric_indices([s for s, _ in mine], sweeps[i].scales, config.selfsim)
-        gens = [Generation(scale=s, text=text, explanation=extract_explanation(text), metric=float(metrics[i][k]))
+        gens = [Generation(scale=s, text=text, explanation=extract_explanation(text, config.template),
+                           metric=float(metrics[i][k]))
                 for (s, text), k in zip(mine, at, strict=True)]
         ranked = sorted(gens, key=lambda g: -g.metric)
         best: list[str] = []

@@ -31,6 +31,17 @@ class CaseStudyConfig(StudyConfig):
                                            description="self-explanation settings")
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig,
                                        description="embedding-score settings (model, window samples)")
+    min_activating_windows: int | None = Field(
+        None, gt=0, description="pairs are studied only when both latents have at least this many activating "
+        "windows in the scanned tokens; None: embedding.n_test, plus embedding.n_explain_windows when an explainer "
+        "model is shown windows, so every studied latent fills its embedding-score test set")
+
+    def min_windows(self) -> int:
+        """The activating windows each latent of a studied pair needs (min_activating_windows resolved)."""
+        if self.min_activating_windows is not None:
+            return self.min_activating_windows
+        shown = self.embedding.n_explain_windows if self.explainer != "self" else 0
+        return self.embedding.n_test + shown
 
     @field_validator("explainer")
     @classmethod
@@ -39,11 +50,13 @@ class CaseStudyConfig(StudyConfig):
 
 
 PRESETS: dict[str, dict] = {
-    # About 3 minutes on the two demo SAEs on a 2-core CPU: fewer scales, generations and corpus tokens.
+    # Fewer scales, generations and corpus tokens. The contexts are the embedding_score demo's (16,384 tokens of
+    # 129), so the forward to the hook is shared with it through the run's memo; the explanations use its template.
     "demo": {
-        "n_tokens": 12_288,
-        "explain": {"n_search_scales": 6, "n_generation_scales": 2, "generation_scales": "best", "max_new_tokens": 12,
-                    "batch_size": 48},
+        "n_tokens": 16_384,
+        "ctx_len": 129,
+        "explain": {"template": "meaning", "n_search_scales": 6, "n_generation_scales": 2, "generation_scales": "best",
+                    "max_new_tokens": 16, "batch_size": 64},
         "embedding": {"n_test": 20, "n_random": 20, "reservoir": 200, "n_pool": 400},
     },
     "tiny": {
@@ -98,6 +111,10 @@ class CaseStudyDetails(BaseModel):
     hooks: list[str]
     n_tokens_scanned: int
     never_fired: list[list[int]] = Field(description="per SAE: studied latents that never fired")
+    min_activating_windows: int | None = Field(
+        None, description="activating windows each latent of a studied pair had at least (config.min_windows())")
+    n_eligible_pairs: int | None = Field(
+        None, description="matched pairs whose two latents both had that many (the pairs top and bottom come from)")
     explainer: str
     timings: dict[str, float | None] = Field(description="seconds per phase")
     entries: list[CaseStudyEntry]
