@@ -380,6 +380,10 @@ def test_local_judge_gives_probabilities(planted, tiny_host):
     listed = DetectionScorer(chat, "list", max_new_tokens=4)(records[0])  # a random model: garbage is recorded
     assert listed.n_examples == 6 and len(listed.replies) == 1
     assert chat.usage.n_calls == 7
+    from saeval.evals.autointerp.run import judge_note
+
+    n_params = sum(p.numel() for p in tiny_host.model.parameters())  # the report tells readers the judge's size
+    assert f"{n_params / 1e6:.0f}M parameters" in judge_note(chat) and "chance" in judge_note(chat)
 
 
 def test_prerequisites_presets_and_config_errors():
@@ -422,4 +426,31 @@ def test_self_explanations_generated_when_not_reused(planted, monkeypatch):
         result = ai_run.run(ctx, sae, cfg)
     lat = result.details.latents[0]
     assert lat.explanation or lat.note == "empty explanation"
-    assert any(k.startswith("self_explain|") for k in ctx.memo)  # shared with self_explanation/embedding_score
+    assert any(str(k).startswith("self_explain|") for k in ctx.memo)  # shared with self_explanation/embedding_score
+
+
+def test_second_sae_reuses_the_windows_forward(planted, monkeypatch):
+    """Two SAEs in one run: the second SAE's windows pass runs no model forward (the run's memo holds the
+    activations at the hook), and each SAE gets the result it gets alone."""
+    host, sae, contexts = planted
+    swapped = create_sae(sae.cfg)
+    with torch.no_grad():
+        swapped.load_state_dict(sae.state_dict())
+        swapped.W_enc[:, [0, 1]] = sae.W_enc[:, [1, 0]]
+        swapped.b_enc[:] = torch.tensor([-0.5, -0.8, -1e6])
+    with scripted(keyword_judge(fixed="the")) as server:
+        ai_run, _, cfg = run_eval(host, contexts, monkeypatch, explainer=server.url, latents=[0, 1])
+        alone = [ai_run.run(EvalContext(host=host, hook=HOOK, ctx_len=65, seed=0, preset="tiny"), s, cfg)
+                 for s in (sae, swapped)]
+        calls = []
+        real = host.capture
+        monkeypatch.setattr(host, "capture", lambda *a, **k: calls.append(1) or real(*a, **k))
+        ctx = EvalContext(host=host, hook=HOOK, ctx_len=65, seed=0, preset="tiny")
+        first = ai_run.run(ctx, sae, cfg)
+        n_first = len(calls)
+        second = ai_run.run(ctx, swapped, cfg)
+    assert n_first == -(-len(contexts) // cfg.batch_size) and len(calls) == n_first
+    for a, b in zip(alone, (first, second), strict=True):
+        assert a.metrics == b.metrics and a.details.latents == b.details.latents
+    assert first.details.latents[0].explanation != second.details.latents[0].explanation
+    assert first.details.judge_note == ""  # an endpoint judge: no caveat on its size

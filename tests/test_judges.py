@@ -9,6 +9,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import torch
 
 from saeval.errors import SaevalError
 from saeval.judges import EmbeddingJudge, LatentEvidence, LLMJudge, Question, explain, make_judge, parse_yes_no
@@ -180,3 +181,19 @@ def test_embedding_judge_with_minilm():
 def test_unknown_judge_is_a_clear_error():
     with pytest.raises(SaevalError, match="unknown judge"):
         make_judge("gpt-4o")
+
+
+def test_local_choose_equals_the_full_forward_at_the_last_token(tiny_host):
+    """choose unembeds only the last position, shortest messages batched first: the same numbers as the log
+    softmax of a plain forward's logits at each message's last token, in the messages' order."""
+    model = LocalChatModel(tiny_host, batch_size=2)
+    messages = ["A much longer message than the others, about nothing much at all. Yes or No?", "Short?",
+                "Medium length message here?"]
+    options = {"yes": ["Yes", "yes"], "no": ["No", "no"]}
+    got = model.choose(messages, options)
+    for message, answer in zip(messages, got, strict=True):
+        ids = torch.tensor([model.prompt_ids(message)])
+        logp = torch.log_softmax(tiny_host.forward(ids)[0, -1].float(), -1)
+        for label, forms in options.items():
+            toks = sorted({tiny_host.tokenizer(f, add_special_tokens=False)["input_ids"][0] for f in forms})
+            assert answer[label] == pytest.approx(float(torch.logsumexp(logp[toks], 0)), abs=1e-4)

@@ -203,3 +203,26 @@ def test_lm_concepts_single_or_first_token(tiny_host):
     first = LMReadout(tiny_host, HOOK, words, SteerabilityConfig(lm_concepts="first_token", **base), "sotu", 0)
     assert first.words == words and tiny_host.tokenizer.decode([first.token_ids[1]]) == " and"
     assert torch.equal(first.W_VD[0], tiny_host.model.get_output_embeddings().weight[first.token_ids[0]])
+
+
+def test_second_sae_reuses_the_unsteered_pass(tiny_host, monkeypatch):
+    """Two SAEs in one run give each one's numbers alone, while the prompts run to the hook (and unsteered
+    through the rest) only for the first."""
+    config = SPEC.config("tiny")
+    saes = [_random_sae(64, 40, HOOK, seed=s) for s in (0, 1)]
+    alone = [run(EvalContext(host=tiny_host, hook=HOOK, corpus="sotu", preset="tiny", seed=2), sae, config)
+             for sae in saes]
+    calls = []
+    real_prefix = tiny_host.prefix
+    monkeypatch.setattr(tiny_host, "prefix", lambda *a, **k: calls.append(1) or real_prefix(*a, **k))
+    ctx = EvalContext(host=tiny_host, hook=HOOK, corpus="sotu", preset="tiny", seed=2)
+    together = [run(ctx, sae, config) for sae in saes]
+    n_batches = -(-config.n_inputs // min(config.batch_size, config.max_rows // len(config.strengths)))
+    assert len(calls) == n_batches  # the second SAE ran no prefix
+    for a, b in zip(alone, together, strict=True):
+        assert a.metrics == b.metrics
+        assert a.details.latents == b.details.latents
+    assert alone[0].metrics != alone[1].metrics  # the SAEs differ, so equal numbers would mean a stale memo
+    # A config field the unsteered pass depends on gives a pass of its own.
+    run(ctx, saes[0], config.model_copy(update={"prompt_len": config.prompt_len + 4}))
+    assert len(calls) == 2 * n_batches

@@ -443,6 +443,21 @@ def test_memo_shared_across_saes_changes_nothing(tiny_runs):
     assert other_shared.model_dump(exclude=strip) == other_fresh.model_dump(exclude=strip)
 
 
+def test_second_sae_prepares_no_prompt(tiny_host, monkeypatch):
+    """The prompts' cached prefixes (and the fast-path check) depend on no SAE: only the first SAE runs them."""
+    calls = []
+    real = tiny_host.prefix_last
+    monkeypatch.setattr(tiny_host, "prefix_last", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = SPEC.config("tiny", plateau=False)
+    ctx = EvalContext(host=tiny_host, hook=HOOK, corpus="sotu", preset="tiny")
+    run(ctx, random_sae(), cfg)
+    assert len(calls) == cfg.n_samples + 1  # each base prompt, and the check against a plain forward
+    run(ctx, random_sae(seed=1, name="rand-b"), cfg)
+    assert len(calls) == cfg.n_samples + 1
+    run(ctx, random_sae(), cfg.model_copy(update={"prompt_len": cfg.prompt_len + 2}))  # other prompts: prepared
+    assert len(calls) == 2 * (cfg.n_samples + 1)
+
+
 def test_synthetic_latents_are_live_unused_and_keep_the_values():
     rng = np.random.default_rng(1)
     F_, D = 300, 32

@@ -97,24 +97,32 @@ class LocalChatModel:
     @torch.inference_mode()
     def choose(self, messages: list[str], options: dict[str, list[str]]) -> list[dict[str, float]]:
         """Constrained answers for small judges: per message, the log of the summed probability of each
-        option's surface forms as the first token of the reply (e.g. {"yes": ["Yes", "yes"], ...})."""
+        option's surface forms as the first token of the reply (e.g. {"yes": ["Yes", "yes"], ...}).
+
+        Only each message's last position is unembedded (the model's other logits are never read), and the
+        messages are batched shortest first, so a batch holds little padding."""
         firsts = {label: sorted({self.host.tokenizer(form, add_special_tokens=False)["input_ids"][0]
                                  for form in forms}) for label, forms in options.items()}
-        out: list[dict[str, float]] = []
-        for start in range(0, len(messages), self.batch_size):
-            ids = [self.prompt_ids(m) for m in messages[start : start + self.batch_size]]
+        final = f"blocks.{self.host.n_layers - 1}.hook_resid_post"
+        all_ids = [self.prompt_ids(m) for m in messages]
+        order = sorted(range(len(messages)), key=lambda i: len(all_ids[i]))
+        out: list[dict[str, float]] = [{} for _ in messages]
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            ids = [all_ids[i] for i in rows]
             width = max(map(len, ids))
-            # Right padding: a causal model's logits at each row's last real token ignore the pads after it.
+            # Right padding: a causal model's output at each row's last real token ignores the pads after it.
             tokens = torch.full((len(ids), width), self.host.pad_id, dtype=torch.long)
             mask = torch.zeros((len(ids), width), dtype=torch.long)
             for i, row in enumerate(ids):
                 tokens[i, : len(row)] = torch.tensor(row)
                 mask[i, : len(row)] = 1
-            logits = self.host.forward(tokens, mask).float()
-            last = torch.tensor([len(row) - 1 for row in ids])
-            logp = torch.log_softmax(logits[torch.arange(len(ids)), last], dim=-1).cpu()
-            for row in logp:
-                out.append({label: float(torch.logsumexp(row[toks], 0)) for label, toks in firsts.items()})
+            resid_BLD = self.host.capture(tokens, [final], mask)[final]
+            last = torch.tensor([len(row) - 1 for row in ids], device=resid_BLD.device)
+            logits = self.host.logits_from_residual(resid_BLD[torch.arange(len(ids)), last][:, None])[:, 0]
+            logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+            for i, row in zip(rows, logp, strict=True):
+                out[i] = {label: float(torch.logsumexp(row[toks], 0)) for label, toks in firsts.items()}
         return out
 
 

@@ -151,6 +151,7 @@ class AutointerpDetails(BaseModel):
     judge_format: str
     n_tokens_scanned: int
     n_candidates: int = Field(description="latents scanned to find n_latents that fire more than min_count")
+    judge_note: str = Field("", description="a caveat on the judge for readers: set when it is a small local model")
     usage: dict[str, LLMUsage] = Field(description="explainer and judge: calls and tokens")
     latents: list[LatentAutointerp]
 

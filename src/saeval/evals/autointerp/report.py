@@ -31,7 +31,8 @@ def report(records: list[dict]) -> str:
             f"{_num(m['fuzzing_balanced_accuracy'])} (balanced accuracy, chance 0.5) on {m['n_scored']} of "
             f"{m['n_latents']} latents; explainer {html.escape(d['explainer'])}, judge {html.escape(d['judge'])} "
             f"({html.escape(d['judge_format'])}); {usage}</p>"
-            f"<details{' open' if len(d['latents']) <= 8 else ''}><summary>{html.escape(rec['sae']['name'])}: "
+            + (f"<p class='warn'>{html.escape(d['judge_note'])}</p>" if d.get("judge_note") else "")
+            + f"<details{' open' if len(d['latents']) <= 8 else ''}><summary>{html.escape(rec['sae']['name'])}: "
             f"{len(d['latents'])} latents' explanations and scores</summary><div class='tw'><table class='sortable'>"
             "<thead><tr><th>latent</th><th>active tokens</th>"
             + "".join(f"<th>{html.escape(s)}</th>" for s in scorers)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from saeval.analysis.windows import shared_host
 from saeval.data.corpora import load_contexts
 from saeval.errors import SaevalError
 from saeval.evals.autointerp.config import (
@@ -62,6 +63,17 @@ def fill_explanations(explainer: Explainer, records: list[LatentRecord]) -> None
             record.explanation = answer
 
 
+def judge_note(judge: CountedChat | None) -> str:
+    """What a reader must know about a local judge: its size (SmolLM2-135M offline), which limits the scores."""
+    host = getattr(judge.model, "host", None) if judge is not None else None
+    if host is None:
+        return ""
+    n_params = sum(p.numel() for p in host.model.parameters())
+    return (f"the judge is a tiny local model ({judge.name}, {n_params / 1e6:.0f}M parameters): it cannot tell "
+            "from an explanation whether a text activates the latent, so scores near chance (balanced accuracy "
+            "0.5) say nothing about the SAE; for meaningful scores pass judge=openai:MODEL@BASE_URL")
+
+
 def _mean(values) -> float | None:
     kept = [v for v in values if v is not None]
     return float(np.mean(kept)) if kept else None
@@ -73,8 +85,10 @@ def run(ctx: EvalContext, sae, config: AutointerpConfig) -> AutointerpResult:
     candidates, filter_count, reuse = candidates_for(ctx, sae, config)
     contexts = load_contexts(host, ctx.corpus, config.n_tokens, config.ctx_len, ctx.seed)
     n_wanted = config.n_latents if filter_count else None
-    records, windows, warnings = build_records(host, sae, contexts, hook, candidates, config, ctx.seed, n_wanted,
-                                               filter_count, f"autointerp {sae.name}: windows")
+    # The forward to the hook over these contexts is the same for every SAE of the run: shared through its memo.
+    windows_host = shared_host(ctx.host, hook, contexts, ctx.memo)
+    records, windows, warnings = build_records(windows_host, sae, contexts, hook, candidates, config, ctx.seed,
+                                               n_wanted, filter_count, f"autointerp {sae.name}: windows")
     models: dict[str, object] = {}  # one chat model per spec: the explainer and the judge may share one
 
     def counted(spec: str) -> CountedChat:
@@ -140,6 +154,7 @@ def run(ctx: EvalContext, sae, config: AutointerpConfig) -> AutointerpResult:
         explainer=explainer.name + (" (reused self_explanation results)" if reuse else ""),
         judge=judge.name if judge is not None else "", judge_format=config.resolved_judge_format(),
         n_tokens_scanned=windows.n_tokens, n_candidates=len(candidates), usage=usage, latents=latents,
+        judge_note=judge_note(judge),
     )
     return AutointerpResult(**ctx.envelope("autointerp", sae), config=config, metrics=metrics, details=details,
                             warnings=warnings)

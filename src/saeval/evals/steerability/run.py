@@ -15,6 +15,7 @@ for LMs only V's rows of the unembedding are applied (host.vocab_logits_BLV), at
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -40,14 +41,43 @@ from saeval.progress import track
 
 # ------------------------------------------------------------------------------------------------ engine
 @dataclass
-class _Prefixed:
+class _Clean:
+    """One input batch run unsteered: the same for every SAE at the hook, so kept in the run's memo."""
+
     acts_BLD: Tensor
     state: Any
     steer_BL: Tensor
     weight_BP: Tensor
-    z_BLF: Tensor  # the sampled latents' activations
     base_scores_BPV: Tensor
     base_probs_BPV: Tensor
+
+
+@dataclass
+class _CleanPass:
+    batches: list[_Clean]
+    total_weight: float
+    base_mean_V: Tensor  # the unsteered mean probabilities over readout positions
+    seconds: float
+    shared: bool = False  # already counted in an earlier SAE's seconds_prefix
+
+
+@torch.inference_mode()
+def clean_pass(readout, batch_size: int, scale: float) -> _CleanPass:
+    """The part of the sweep no SAE enters: each input batch up to the hook (the prefix), and its unsteered
+    readout scores and probabilities."""
+    start = time.time()
+    batches = []
+    for inputs in readout.batches(batch_size):
+        acts, state, steer, weight = readout.prefix(inputs)
+        base = readout.scores(state, acts)
+        batches.append(_Clean(acts, state, steer, weight, base, torch.softmax(scale * base, -1)))
+    total_weight = float(sum(b.weight_BP.sum() for b in batches))
+    if total_weight == 0:
+        raise SaevalError("no readout position holds an ordinary token: use longer prompts")
+    base_mean = torch.stack(
+        [(b.base_probs_BPV * b.weight_BP[..., None]).sum((0, 1)).double() for b in batches]
+    ).sum(0) / total_weight
+    return _CleanPass(batches, total_weight, base_mean, time.time() - start)
 
 
 def pick_latents(d_sae: int, config: SteerabilityConfig, seed: int) -> list[int]:
@@ -71,28 +101,25 @@ def steer_sweep(
     scale: float,
     config: SteerabilityConfig,
     desc: str = "steerability",
+    clean: _CleanPass | None = None,
 ):
     """Delta (probabilities) and logit Delta, [n_latents, n_strengths, V], plus the unsteered mean
-    probabilities [V] and run statistics. The prefix runs once per input batch; the variants of a batch go
-    through the suffix stacked."""
+    probabilities [V] and run statistics. The prefix runs once per input batch (``clean``: that pass, shared
+    by the SAEs of a run); the variants of a batch go through the suffix stacked."""
     k = len(strengths)
-    batch_size = max(1, min(config.batch_size, config.max_rows // k))
     lat = torch.tensor(latents, device=sae.W_dec.device)
+    if clean is None:
+        clean = clean_pass(readout, sweep_batch_size(config, k), scale)
     start = time.time()
-    prefixed: list[_Prefixed] = []
-    for inputs in readout.batches(batch_size):
-        acts, state, steer, weight = readout.prefix(inputs)
-        sae.check_input(acts)
-        z = sae.encode(acts.float())[..., lat]
-        base = readout.scores(state, acts)
-        prefixed.append(_Prefixed(acts, state, steer, weight, z, base, torch.softmax(scale * base, -1)))
-    total_weight = float(sum(p.weight_BP.sum() for p in prefixed))
-    if total_weight == 0:
-        raise SaevalError("no readout position holds an ordinary token: use longer prompts")
-    base_mean = torch.stack(
-        [(p.base_probs_BPV * p.weight_BP[..., None]).sum((0, 1)).double() for p in prefixed]
-    ).sum(0) / total_weight
-    seconds_prefix = time.time() - start
+    prefixed, total_weight, base_mean = clean.batches, clean.total_weight, clean.base_mean_V
+    z_all = []  # the sampled latents' activations on the clean batches
+    for p in prefixed:
+        sae.check_input(p.acts_BLD)
+        z_all.append(sae.encode(p.acts_BLD.float())[..., lat])
+    # This SAE's time up to the hook: its encoding, and the clean pass when it was the first to use it.
+    seconds_prefix = time.time() - start + (0.0 if clean.shared else clean.seconds)
+    clean.shared = True
+    sweep_start = time.time()
     dirs_FD = (sae.W_dec.detach()[lat] / sae.cfg.act_scale).float()
     s_K = torch.tensor(strengths, device=dirs_FD.device)
     chunk = max(1, config.max_rows // (k * max(len(p.acts_BLD) for p in prefixed)))  # latents per pass
@@ -102,11 +129,11 @@ def steer_sweep(
     n_rows = sum(len(p.acts_BLD) for p in prefixed)
     for c0 in track(range(0, len(latents), chunk), desc, total=-(-len(latents) // chunk)):
         c1 = min(c0 + chunk, len(latents))
-        for p in prefixed:
+        for p, z_BLF in zip(prefixed, z_all, strict=True):
             B, L, D = p.acts_BLD.shape
             # (s - z_f(x)) at every steered token; the SAE error x - SAE(x) is untouched by construction.
             coef_CKBL = (
-                s_K[None, :, None, None] - p.z_BLF[..., c0:c1].permute(2, 0, 1)[:, None]
+                s_K[None, :, None, None] - z_BLF[..., c0:c1].permute(2, 0, 1)[:, None]
             ) * p.steer_BL
             steered = (
                 p.acts_BLD + coef_CKBL[..., None].to(p.acts_BLD.dtype) * dirs_FD[c0:c1, None, None, None, :]
@@ -122,7 +149,7 @@ def steer_sweep(
             n_rows += (c1 - c0) * k * B
     stats = {
         "seconds_prefix": seconds_prefix,
-        "seconds_sweep": time.time() - start - seconds_prefix,
+        "seconds_sweep": time.time() - sweep_start,
         "n_prefix_sequences": sum(len(p.acts_BLD) for p in prefixed),
         "n_suffix_sequences": n_rows,
         "n_readout_positions": int(total_weight),
@@ -147,19 +174,40 @@ def _softmax_scale(config: SteerabilityConfig, host) -> float:
     return float(config.softmax_scale)
 
 
+def sweep_batch_size(config: SteerabilityConfig, n_strengths: int) -> int:
+    return max(1, min(config.batch_size, config.max_rows // n_strengths))
+
+
+# The config fields the readout and its unsteered pass depend on (not the latents, strengths' values or
+# thresholds): SAEs of one run that agree on them share both through the run's memo.
+CLEAN_FIELDS = ("vocab", "vocab_size", "n_inputs", "prompt_len", "readout", "steer_special_tokens", "lm_concepts",
+                "images", "text_template", "softmax_scale", "batch_size", "max_rows")
+
+
+def shared_clean(ctx: EvalContext, config: SteerabilityConfig, n_strengths: int, scale: float):
+    """(readout, its unsteered pass): built once per run for the context's host, hook, corpus and seed."""
+    host = ctx.host
+    key = ("steerability-clean", ctx.hook, ctx.corpus, ctx.seed, n_strengths,
+           json.dumps(config.model_dump(include=set(CLEAN_FIELDS), mode="json"), sort_keys=True))
+    if key not in ctx.memo:
+        words = load_vocab(config.vocab, config.vocab_size)
+        if getattr(host, "kind", "lm") == "clip":
+            readout: LMReadout | CLIPReadout = CLIPReadout(host, ctx.hook, words, config, ctx.seed)
+        else:
+            readout = LMReadout(host, ctx.hook, words, config, ctx.corpus, ctx.seed)
+        ctx.memo[key] = (readout, clean_pass(readout, sweep_batch_size(config, n_strengths), scale))
+    return ctx.memo[key]
+
+
 def run(ctx: EvalContext, sae, config: SteerabilityConfig) -> SteerabilityResult:
     host = ctx.host
     strengths, summary_strength = check_strengths(config)
-    words = load_vocab(config.vocab, config.vocab_size)
-    if getattr(host, "kind", "lm") == "clip":
-        readout: LMReadout | CLIPReadout = CLIPReadout(host, ctx.hook, words, config, ctx.seed)
-    else:
-        readout = LMReadout(host, ctx.hook, words, config, ctx.corpus, ctx.seed)
     sae = sae.to(host.device)
     latents = pick_latents(sae.d_sae, config, ctx.seed)
     scale = _softmax_scale(config, host)
+    readout, clean = shared_clean(ctx, config, len(strengths), scale)
     delta, delta_logit, base_mean, stats = steer_sweep(
-        readout, sae, latents, strengths, scale, config, f"steerability {sae.name}"
+        readout, sae, latents, strengths, scale, config, f"steerability {sae.name}", clean
     )
     concepts = readout.concepts_VE.cpu().numpy()
     s_idx = strengths.index(summary_strength)

@@ -40,6 +40,7 @@ from scipy.stats import ks_2samp
 from torch import Tensor
 
 from saeval.analysis.synthetic_targets import (
+    MEMO_MAX_FLOATS,
     baseline_latents,
     check_live,
     fit_gaussian,
@@ -110,6 +111,16 @@ class LastPositionRunner:
 
     def prepare(self, tokens_1L: Tensor) -> None:
         self.state = self.host.prefix_last(tokens_1L, self.hook, cached=self.fast)
+
+    def prepare_shared(self, tokens_1L: Tensor, states: dict[int, object], i: int, keep: bool) -> None:
+        """``prepare`` for prompt ``i``, taking its state from ``states`` (a run's memo: the states depend only
+        on the model, hook and prompt; ``run`` copies the cache it extends) or, when ``keep``, adding it."""
+        if i in states:
+            self.state = states[i]  # type: ignore[assignment]
+            return
+        self.prepare(tokens_1L)
+        if keep:
+            states[i] = self.state
 
     def run(self, acts_VD: Tensor, logits: bool = True) -> tuple[Tensor, Tensor | None]:
         """Final residual [V, D] and, when ``logits``, last-position logits [V, vocab] (the unembedding is a
@@ -360,8 +371,15 @@ def run(ctx: EvalContext, sae, config: SyntheticConfig) -> SyntheticResult:
     median_dist = float((real - base).norm(dim=-1).median())
     step = median_dist / T_MAX if config.step_size == "auto" else float(config.step_size)
     runner = LastPositionRunner(host, hook, config.fast_path)
-    if runner.fast:
-        warnings += _check_fast_path(runner, contexts[0:1], base[0])
+    prompts_key = ("synthetic-prompts-prepared", host.name, hook, ctx.corpus, config.prompt_len,
+                   2 * n + config.n_fit, ctx.seed, config.fast_path)
+    if prompts_key not in ctx.memo:  # the fast-path check and the prepared prompts need no SAE: once per run
+        checked = _check_fast_path(runner, contexts[0:1], base[0]) if runner.fast else []
+        ctx.memo[prompts_key] = (checked, runner.fast, {})
+    fast_warnings, runner.fast, states = ctx.memo[prompts_key]
+    warnings += fast_warnings
+    # KV caches of every layer for each prompt: kept for the next SAE while they stay small.
+    keep_states = n * config.prompt_len * host.n_layers * 2 * host.d_model <= MEMO_MAX_FLOATS
 
     kinds = ("abs", "rel") if config.relative else ("abs",)
     ties = "last" if config.reference == "teren" else "first"
@@ -379,7 +397,7 @@ def run(ctx: EvalContext, sae, config: SyntheticConfig) -> SyntheticResult:
     final_norms, at_end = [], 0
     for i in track(range(n), f"synthetic {sae.name}: perturbations", n):
         cached = shared.get(i, {})
-        runner.prepare(contexts[i : i + 1])
+        runner.prepare_shared(contexts[i : i + 1], states, i, keep_states)
         fresh = sample_curves(runner, base[i], {t: targets[t][i] for t in TARGET_TYPES if t not in cached},
                               {t: ends[t][i] for t in plateau_types if t not in cached}, kinds, step, n_steps,
                               config.batch_rows)
