@@ -1,9 +1,12 @@
 """Reconstruction statistics and downstream loss of an SAE spliced in at a hook (shared spec core-metrics.md).
 
-One loop serves the core eval and FaithfulSAE's cross-data metrics: per batch of contexts it encodes the
-ordinary tokens' activations, accumulates :class:`ReconstructionStats`, and, given a :class:`SpliceLosses`,
-the next-token CE and KL(clean || run) of the clean run, the run with the reconstruction spliced in, and
-(optionally) the run with zeros spliced in. Special tokens are excluded from every statistic and keep their
+The pieces core and FaithfulSAE's cross-data metrics share: :class:`ReconstructionStats`, :func:`next_token_stats`
+(next-token CE and KL(clean || run) as SAELens takes them), :func:`guard_metrics` and :class:`SpliceLosses`.
+``reconstruction_batches`` is the per-SAE loop cross_data_metrics runs: per batch of contexts it encodes the
+ordinary tokens' activations, accumulates the statistics and, given a SpliceLosses, the CE/KL of the clean run,
+the run with the reconstruction spliced in and (optionally) the run with zeros spliced in, stacked in one pass.
+Core computes the clean and zero-ablated runs once per run instead (evals/core/shared.py) and meets the clean
+distribution through :class:`CleanDistribution`. Special tokens are excluded from every statistic and keep their
 original activation in the reconstruction run; the zero-ablated run zeroes them too unless told otherwise
 (SAELens's get_recons_loss does, so its ablation also removes the BOS attention sink).
 """
@@ -141,6 +144,7 @@ _UNDEFINED = {
     "l2_ratio": ("every input is all zero", ()),
     "relative_reconstruction_bias": ("E<x, xhat> is 0 in some batch", ()),
     "relative_reconstruction_bias_global": ("E<x, xhat> is 0", ()),
+    "average_encoder_decoder_cosine_sim": ("a transcoder's encoder and decoder live at different hooks", ()),
 }
 
 
@@ -185,20 +189,77 @@ ZeroAblationPositions = Literal["all", "ordinary"]
 KLPositions = Literal["ordinary", "with_next_token"]
 
 
-def next_token_stats(logits_BLV: Tensor, clean_logp_BLV: Tensor, tokens_BL: Tensor, keep_BL: Tensor,
-                     kl_last: bool = True) -> tuple[float, float, int, int]:
+def _lse(logits_BLV: Tensor) -> Tensor:
+    """Log-sum-exp over the vocabulary as float64, without a float64 copy of the logits: max + log(sum exp(z -
+    max)) with the sum in float32 (relative error ~1e-7, so ~1e-7 nats after the log) and the final addition in
+    float64; rounding LSE itself to float32 would cost ~1 ulp of its value (4e-6 at 40 nats)."""
+    if logits_BLV.dtype == torch.float64:
+        return torch.logsumexp(logits_BLV, -1)
+    z = logits_BLV.float()
+    top = z.amax(-1, keepdim=True)
+    return top.squeeze(-1).double() + (z - top).exp().sum(-1).double().log()
+
+
+class CleanDistribution(NamedTuple):
+    """What KL(clean || run) needs of the clean next-token distribution p at each position: 2 d_model + 2
+    numbers instead of the vocabulary's V log-probs, when the logits are affine in the final normed residual n,
+    z = W n + b (an unembedding without soft-capping).
+
+    With log p = z_c - LSE(z_c), log q = z - LSE(z) and m = sum_i p_i, z_c - z = W (n_c - n) (the bias cancels):
+
+        KL(p || q) = sum_i p_i (log p_i - log q_i) = (W^T p) . (n_c - n) + m (LSE(z) - LSE(z_c)).
+
+    This is the elementwise sum regrouped, exact in real arithmetic: nothing of p is truncated (unlike keeping
+    its top k), so no bound beyond rounding is needed. Written as a difference from the clean run, no term is
+    larger than the KL's own scale but the two LSEs, which :func:`_lse` keeps to ~1e-7 nats. ``proj_BLD`` =
+    W^T p is formed in the unembedding's dtype, the rest in float64. tests/test_core_shared.py compares it and
+    the elementwise float32 sum with a float64 computation."""
+
+    proj_BLD: Tensor  # W^T p, in W's dtype
+    normed_BLD: Tensor  # n_c, the clean run's final normed residual
+    lse_BL: Tensor  # LSE(z_c), float64
+    mass_BL: Tensor  # sum_i p_i (1 up to rounding; kept so the identity holds for the rounded p), float64
+
+    @classmethod
+    def of(cls, clean_logits_BLV: Tensor, clean_normed_BLD: Tensor, W_VD: Tensor,
+           clean_logp_BLV: Tensor | None = None) -> CleanDistribution:
+        if clean_logp_BLV is None:
+            wide = clean_logits_BLV if clean_logits_BLV.dtype == torch.float64 else clean_logits_BLV.float()
+            clean_logp_BLV = F.log_softmax(wide, -1)
+        p = clean_logp_BLV.exp()
+        return cls(proj_BLD=p.to(W_VD.dtype) @ W_VD, normed_BLD=clean_normed_BLD, lse_BL=_lse(clean_logits_BLV),
+                   mass_BL=p.sum(-1).double())
+
+    def kl_BL(self, logits_BLV: Tensor, normed_BLD: Tensor) -> Tensor:
+        """KL(clean || run) per position, from the run's logits (for LSE) and final normed residual."""
+        delta = self.normed_BLD.double() - normed_BLD.to(self.normed_BLD.device).double()
+        return (self.proj_BLD.double() * delta).sum(-1) + self.mass_BL * (_lse(logits_BLV) - self.lse_BL)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self)
+
+
+def next_token_stats(logits_BLV: Tensor, clean: Tensor | CleanDistribution, tokens_BL: Tensor, keep_BL: Tensor,
+                     kl_last: bool = True, normed_BLD: Tensor | None = None) -> tuple[float, float, int, int]:
     """Summed next-token CE and summed KL(clean || run), with their position counts, as SAELens's evals take them.
 
     A position counts when its input token is kept (``keep``: not special), whatever token follows it. CE needs
     a next token in the context: positions 0..L-2. KL compares next-token distributions, which the last position
-    has too: positions 0..L-1, or 0..L-2 without ``kl_last``. ``clean_logp_BLV``: clean log-probs, all L."""
-    logp = F.log_softmax(logits_BLV.float(), dim=-1)
-    ce_keep = keep_BL[:, :-1]
-    kl_keep = keep_BL.clone()
+    has too: positions 0..L-1, or 0..L-2 without ``kl_last``. ``clean``: the clean run's log-probs (all L), or
+    its :class:`CleanDistribution`, which also needs the run's final normed residual ``normed_BLD``."""
+    logits = logits_BLV.float()
+    ce_keep = keep_BL[:, :-1].to(logits.device)
+    kl_keep = keep_BL.clone().to(logits.device)
     if not kl_last:
         kl_keep[:, -1] = False
+    logp = F.log_softmax(logits, dim=-1)
     ce = -logp[:, :-1].gather(-1, tokens_BL[:, 1:, None].to(logp.device)).squeeze(-1)
-    kl = (clean_logp_BLV.exp() * (clean_logp_BLV - logp)).sum(-1)
+    if isinstance(clean, CleanDistribution):
+        if normed_BLD is None:
+            raise ValueError("a CleanDistribution needs the run's final normed residual")
+        kl = clean.kl_BL(logits_BLV, normed_BLD)
+    else:
+        kl = (clean.exp() * (clean - logp)).sum(-1)
     return (float(ce[ce_keep].double().sum()), float(kl[kl_keep].double().sum()), int(ce_keep.sum()),
             int(kl_keep.sum()))
 
@@ -220,6 +281,16 @@ class SpliceLosses:
         self.kl_sums = np.zeros(2)  # sae, zero
         self.n_positions = 0  # CE positions (cross-data metrics read ce_sums / n_positions)
         self.n_kl_positions = 0
+
+    @classmethod
+    def from_sums(cls, ce_clean: float, ce_sae: float, ce_zero: float, kl_sae: float, kl_zero: float,
+                  n_positions: int, n_kl_positions: int) -> SpliceLosses:
+        """Sums computed elsewhere (core's shared clean and zero-ablated passes plus one SAE's spliced run)."""
+        out = cls(zero_ablation=True)
+        out.ce_sums[:] = (ce_clean, ce_sae, ce_zero)
+        out.kl_sums[:] = (kl_sae, kl_zero)
+        out.n_positions, out.n_kl_positions = n_positions, n_kl_positions
+        return out
 
     def update(self, host, state, acts_BLD: Tensor, xhat_ND: Tensor, tokens_BL: Tensor, mask_BL: Tensor) -> None:
         """One batch: every variant continues from the hook in one stacked pass (``host.run_from``)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from saeval.evals.base import EvalConfig
 from saeval.results import EvalResult
@@ -31,6 +31,24 @@ class CoreConfig(EvalConfig):
         "token in the context (positions 0..L-2, the CE positions; saeval's former default). CE is always averaged "
         "over positions 0..L-2 whose input token is not special (the target may be special), as in SAELens")
     weight_chunk: int = Field(4096, gt=0, description="decoder rows per chunk of the weight-cosine pass")
+    prefixes: list[int] | None = Field(
+        None, description="Matryoshka SAEs: also report the reconstruction and CE/KL metrics of the nested SAE made "
+        "of the first w latents, for each width w here (each at most d_sae), in details.prefixes; they share "
+        "the eval's clean and zero-ablated passes, e.g. --set core.prefixes=[128,512]")
+    shared_memory_mb: float = Field(
+        4096, ge=0, description="memory (MiB, on the model's device) the run may keep for core's SAE-independent "
+        "passes, reused by every SAE of the run: the activations at the hook, the state to continue the model "
+        "from it and two d_model-wide vectors standing for the clean next-token distribution per eval token, then the "
+        "density tokens' activations. SmolLM2 (d_model 576), demo preset (8,192 eval, 32,768 density tokens): "
+        "~57 + 54 MiB, held until the run ends. "
+        "Beyond it each SAE recomputes them (the cost of an unshared run); 0 shares nothing")
+
+    @field_validator("prefixes")
+    @classmethod
+    def _positive_widths(cls, widths: list[int] | None) -> list[int] | None:
+        if widths is not None and any(w < 1 for w in widths):
+            raise ValueError(f"prefix widths must be positive, got {widths}")
+        return widths
 
 
 class CoreMetrics(BaseModel):
@@ -77,6 +95,21 @@ class CoreMetrics(BaseModel):
                                                       "and decoder row")
 
 
+class CorePrefixMetrics(BaseModel):
+    width: int = Field(description="latents of the nested prefix SAE (the first `width` of the Matryoshka SAE)")
+    valid: bool = Field(description="false when this prefix's reconstruction is broken (its scores are then null)")
+    l0: float | None = Field(description="mean number of active latents per token")
+    mse: float | None = Field(description="mean squared reconstruction error per token")
+    explained_variance: float | None = Field(description="1 - E||x - xhat||^2 / total variance of x")
+    cossim: float | None = Field(description="mean cosine between x and its reconstruction")
+    ce_loss_with_sae: float | None = Field(None, description="next-token CE with this prefix's reconstruction "
+                                           "spliced in")
+    ce_loss_score: float | None = Field(None, description="as the eval's ce_loss_score, for this prefix")
+    kl_div_with_sae: float | None = Field(None, description="KL(clean || with this prefix's reconstruction)")
+    kl_div_score: float | None = Field(None, description="as the eval's kl_div_score, for this prefix")
+    warnings: list[str] = Field(default_factory=list, description="why a metric of this prefix is null")
+
+
 class CoreDetails(BaseModel):
     n_eval_tokens: int = Field(description="ordinary tokens the reconstruction metrics saw")
     n_density_tokens: int = Field(description="ordinary tokens the latent densities saw")
@@ -86,6 +119,17 @@ class CoreDetails(BaseModel):
     log10_density_histogram: dict[str, list[float]] = Field(description="counts and edges of the log10 density "
                                                             "histogram of live latents")
     max_decoder_cosine: list[float] = Field(description="per latent: max cosine of its decoder row to any other")
+    hook_out: str | None = Field(None, description="transcoders: the hook the reconstruction is compared with and "
+                                 "spliced into (the encoder reads the eval's hook)")
+    prefixes: list[CorePrefixMetrics] | None = Field(None, description="per width of core.prefixes: the nested "
+                                                     "prefix SAE's metrics")
+    kl_method: Literal["projected", "recomputed"] | None = Field(
+        None, description="how KL met the clean distribution: projected = from a d_model-wide projection of it "
+        "kept once per run (exact up to rounding, see analysis.reconstruction.CleanDistribution); recomputed = "
+        "the clean run again beside the spliced one (logits not affine in the final residual, e.g. soft-capped, "
+        "or a bf16/fp16 model)")
+    shared_state_mb: float | None = Field(None, description="MiB of SAE-independent state this run keeps for core "
+                                          "at these hooks and tokens (0: over shared_memory_mb, recomputed per SAE)")
     anchor: str = Field("SAELens / SAEBench 0.6.0", description="the reference implementation compared against")
     departures: list[str] = Field(default_factory=lambda: list(DEPARTURES),
                                   description="where this eval departs from its anchor on purpose, and why")

@@ -1,0 +1,274 @@
+"""The SAE-independent part of the core eval, computed once per run and reused for every SAE.
+
+Per (model, hooks, contexts, position options) the run's memo keeps, for each batch of eval contexts: the
+activation at the splice hook (and, for transcoders, the encoder's input at its own hook), the state to continue
+the model from there (``host.prefix``), and what KL needs of the clean next-token distribution
+(:class:`~saeval.analysis.reconstruction.CleanDistribution`, d_model + 3 numbers per position instead of V
+log-probs); plus the summed clean and zero-ablated CE and KL. An SAE then costs its encode/decode and one run of
+the blocks after the hook with its reconstruction spliced in; the density pass, one encode of memoised
+activations. Models whose logits are not affine in the final normed residual (Gemma-2's soft-capping), and
+models in bf16/fp16, keep no clean distribution: each SAE reruns the clean model from the stored activation
+beside its own splice (still no prefix and no zero-ablated run).
+
+Beyond ``shared_memory_mb`` nothing is kept: every SAE recomputes the batches as it goes (the former cost).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from saeval.analysis.reconstruction import CleanDistribution, next_token_stats, splice
+from saeval.data.activations import check_finite
+from saeval.errors import SaevalError
+from saeval.progress import track
+
+KLMethod = Literal["projected", "recomputed"]
+_HOOK_ORDER = {"hook_resid_pre": 0, "hook_attn_out": 1, "hook_mlp_out": 2, "hook_resid_post": 3}
+
+
+def tensor_bytes(*values: Any) -> int:
+    """Bytes held by the tensors inside ``values`` (nested tuples, lists, dicts, dataclasses), each storage once."""
+    seen: set[int] = set()
+    total = 0
+
+    def visit(value: Any) -> None:
+        nonlocal total
+        if isinstance(value, Tensor):
+            storage = value.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                total += storage.nbytes()
+        elif isinstance(value, tuple | list):
+            for v in value:
+                visit(v)
+        elif isinstance(value, dict):
+            for v in value.values():
+                visit(v)
+        elif hasattr(value, "__dataclass_fields__"):
+            for name in value.__dataclass_fields__:
+                visit(getattr(value, name))
+
+    for v in values:
+        visit(v)
+    return total
+
+
+def contexts_digest(contexts_NL: Tensor) -> str:
+    return hashlib.blake2b(contexts_NL.detach().cpu().contiguous().numpy().tobytes(), digest_size=8).hexdigest()
+
+
+def hook_order(host, hook: str) -> tuple[int, int]:
+    point = host.hook(hook)
+    return point.layer, _HOOK_ORDER[point.kind]
+
+
+def linear_unembedding(host) -> Tensor | None:
+    """W_VD when the host's logits are ``final_norm(resid) @ W.T + b`` (what CleanDistribution needs) and the
+    model runs in float32 or float64; None otherwise. Soft-capping or another head breaks the identity; in
+    bf16/fp16 the logits' own rounding (an ulp of 20 is 0.125 in bf16) would separate the projection from the
+    elementwise KL of those rounded logits, which the clean rerun reproduces exactly."""
+    head = host.model.get_output_embeddings()
+    if not isinstance(head, nn.Linear) or getattr(host.config, "final_logit_softcapping", None):
+        return None
+    if head.weight.dtype not in (torch.float32, torch.float64):
+        return None
+    return head.weight
+
+
+@dataclass
+class BaselineBatch:
+    """One batch of eval contexts, as every SAE sees it."""
+
+    tokens_BL: Tensor
+    mask_BL: Tensor  # ordinary (non-special) tokens
+    acts_BLD: Tensor  # at the splice hook (hook_out), in the model's dtype
+    x_in_ND: Tensor | None  # transcoders: the encoder's input (hook_in) at ordinary tokens, float32
+    state: Any = None  # PrefixState at hook_out (None without CE)
+    clean: Tensor | CleanDistribution | None = None  # clean log-probs (transient) or their CleanDistribution
+    pending: tuple[Tensor, Tensor] | None = None  # while being built: the clean logits and final normed residual
+
+    def encoder_input(self) -> Tensor:
+        return self.x_in_ND if self.x_in_ND is not None else self.acts_BLD[self.mask_BL].float()
+
+    def target(self) -> Tensor:
+        return self.acts_BLD[self.mask_BL].float()
+
+
+@dataclass
+class CoreBaseline:
+    """The SAE-independent passes over the eval contexts; iterate :meth:`batches` once per SAE."""
+
+    hook_in: str
+    hook_out: str
+    contexts_NL: Tensor
+    batch_size: int
+    compute_ce: bool
+    zero_ablation_positions: str
+    kl_last: bool
+    budget_bytes: int
+    kept: list[BaselineBatch] = field(default_factory=list)
+    complete: bool = False
+    store: bool = True  # False once the stored batches would exceed the budget
+    kl_method: KLMethod | None = None
+    # Summed over all batches (complete after the first full iteration): clean CE, zero CE, zero KL, counts.
+    ce_clean: float = 0.0
+    ce_zero: float = 0.0
+    kl_zero: float = 0.0
+    n_ce: int = 0
+    n_kl: int = 0
+    nbytes: int = 0
+
+    def batches(self, host, description: str) -> Iterator[BaselineBatch]:
+        if self.complete:
+            yield from track(self.kept, description)
+            return
+        self.kept, self.nbytes = [], 0
+        self.ce_clean = self.ce_zero = self.kl_zero = 0.0
+        self.n_ce = self.n_kl = 0
+        starts = range(0, len(self.contexts_NL), self.batch_size)
+        head = linear_unembedding(host) if self.compute_ce else None
+        self.kl_method = None if not self.compute_ce else "projected" if head is not None else "recomputed"
+        self.store = self.store and self.budget_bytes > 0
+        for i, start in enumerate(track(starts, description)):
+            batch = self._build(host, self.contexts_NL[start : start + self.batch_size])
+            if self.store and i == 0:
+                size = self._stored_bytes(batch, head)
+                self.store = size * len(starts) <= self.budget_bytes  # else every SAE recomputes the batches
+            if self.store:
+                # Every SAE, the first included, meets the same clean reference, so a result does not depend on
+                # the order the SAEs ran in: the projection, or (no affine head) a rerun of the clean model.
+                if batch.clean is not None:
+                    batch.clean = None if head is None else CleanDistribution.of(*batch.pending, head, batch.clean)
+                self.kept.append(batch)
+                self.nbytes += tensor_bytes(batch.tokens_BL, batch.mask_BL, batch.acts_BLD, batch.x_in_ND,
+                                            batch.state, batch.clean)
+            batch.pending = None
+            yield batch
+            if isinstance(batch.clean, Tensor):  # clean log-probs (V per position) serve one iteration only
+                batch.clean = None
+        self.complete = self.store
+        if not self.store:
+            self.kept, self.nbytes = [], 0
+
+    def _stored_bytes(self, batch: BaselineBatch, head: Tensor | None) -> int:
+        """What keeping ``batch`` costs, its clean distribution's projection included."""
+        size = tensor_bytes(batch.tokens_BL, batch.mask_BL, batch.acts_BLD, batch.x_in_ND, batch.state)
+        if head is not None and batch.clean is not None:
+            positions = batch.tokens_BL.numel()
+            size += positions * head.shape[1] * (head.element_size() + batch.acts_BLD.element_size()) + 16 * positions
+        return size
+
+    @torch.inference_mode()
+    def _build(self, host, tokens_BL: Tensor) -> BaselineBatch:
+        """Run up to hook_out (capturing hook_in on the way), then the clean and zero-ablated continuations."""
+        mask = host.ordinary_mask(tokens_BL).to(host.device)
+        captured: list[Tensor] = []
+        transcoder = self.hook_in != self.hook_out
+        with host.hooks(captures={self.hook_in: captured} if transcoder else None):
+            if self.compute_ce:
+                acts, state = host.prefix(tokens_BL, self.hook_out)
+            else:
+                acts, state = host.capture(tokens_BL, [self.hook_out])[self.hook_out], None
+        check_finite(acts, f"{host.name} {self.hook_out}")
+        x_in = None
+        if transcoder:
+            if not captured:
+                raise SaevalError(f"transcoder input {self.hook_in} was not reached before {self.hook_out}")
+            x_in = captured[0][mask].float()
+            check_finite(x_in, f"{host.name} {self.hook_in}")
+        batch = BaselineBatch(tokens_BL, mask, acts, x_in, state)
+        if not self.compute_ce:
+            return batch
+        zeros = torch.zeros_like(acts)
+        zero = zeros if self.zero_ablation_positions == "all" else splice(acts, zeros, mask)
+        resid = host.residual_from(state, torch.cat([acts, zero]))
+        logits = host.logits_from_residual(resid).float()
+        B = len(tokens_BL)
+        clean_logp = F.log_softmax(logits[:B], dim=-1)
+        ce_clean, _, n_ce, n_kl = next_token_stats(logits[:B], clean_logp, tokens_BL, mask, self.kl_last)
+        ce_zero, kl_zero, _, _ = next_token_stats(logits[B:], clean_logp, tokens_BL, mask, self.kl_last)
+        self.ce_clean += ce_clean
+        self.ce_zero += ce_zero
+        self.kl_zero += kl_zero
+        self.n_ce += n_ce
+        self.n_kl += n_kl
+        batch.clean, batch.pending = clean_logp, (logits[:B], host.final_norm(resid[:B]))
+        return batch
+
+
+def core_baseline(ctx, hook_in: str, hook_out: str, contexts_NL: Tensor, config) -> CoreBaseline:
+    """The run's CoreBaseline for these hooks, contexts and position options (built lazily by the first SAE)."""
+    key = ("core-baseline", ctx.host.name, id(ctx.host), hook_in, hook_out, contexts_digest(contexts_NL),
+           tuple(contexts_NL.shape), config.batch_size, config.compute_ce, config.zero_ablation_positions,
+           config.kl_positions, config.shared_memory_mb)
+    if key not in ctx.memo:
+        ctx.memo[key] = CoreBaseline(hook_in, hook_out, contexts_NL, config.batch_size, config.compute_ce,
+                                     config.zero_ablation_positions, config.kl_positions == "ordinary",
+                                     int(config.shared_memory_mb * 2**20))
+    return ctx.memo[key]
+
+
+def spliced_sums(host, baseline: CoreBaseline, batch: BaselineBatch, xhat_ND: Tensor) -> tuple[float, float]:
+    """Summed CE and KL(clean || run) of one batch with ``xhat`` spliced in at ordinary tokens of hook_out."""
+    recon = batch.acts_BLD.clone()
+    recon[batch.mask_BL] = xhat_ND.to(recon.dtype)
+    if isinstance(batch.clean, CleanDistribution):
+        resid = host.residual_from(batch.state, recon)
+        logits = host.logits_from_residual(resid)
+        ce, kl, _, _ = next_token_stats(logits, batch.clean, batch.tokens_BL, batch.mask_BL, baseline.kl_last,
+                                        normed_BLD=host.final_norm(resid))
+        return ce, kl
+    if batch.clean is not None:  # this iteration's clean log-probs, at hand
+        clean_logp, logits = batch.clean, host.run_from(batch.state, recon).float()
+    else:  # no clean distribution kept: rerun the clean model from the stored activation beside the splice
+        both = host.run_from(batch.state, torch.cat([batch.acts_BLD, recon])).float()
+        B = len(batch.tokens_BL)
+        clean_logp, logits = F.log_softmax(both[:B], dim=-1), both[B:]
+    ce, kl, _, _ = next_token_stats(logits, clean_logp, batch.tokens_BL, batch.mask_BL, baseline.kl_last)
+    return ce, kl
+
+
+@dataclass
+class DensityActivations:
+    """Encoder inputs (ordinary tokens, float32) of the density-only contexts, kept when within budget."""
+
+    chunks: list[Tensor] | None
+    nbytes: int = 0
+
+
+def density_activations(ctx, hook_in: str, contexts_NL: Tensor, batch_size: int, budget_bytes: int,
+                        description: str) -> Iterator[Tensor]:
+    """Encoder inputs of the density contexts in batches: captured once per run when they fit in
+    ``budget_bytes``, else captured again for each SAE (capture stops after hook_in's block)."""
+    from saeval.data.activations import stream_activations
+
+    host = ctx.host
+    key = ("core-density", host.name, id(host), hook_in, contexts_digest(contexts_NL), tuple(contexts_NL.shape))
+    kept: DensityActivations | None = ctx.memo.get(key)
+    if kept is not None and kept.chunks is not None:
+        yield from track(kept.chunks, description)
+        return
+    n_ordinary = int(host.ordinary_mask(contexts_NL).sum())
+    fits = n_ordinary * host.d_model * 4 <= budget_bytes if kept is None else False
+    chunks: list[Tensor] = []
+    total = math.ceil(len(contexts_NL) / batch_size)
+    for batch in track(stream_activations(host, hook_in, contexts_NL, batch_size), description, total=total):
+        flat = batch.flat()
+        if fits:
+            chunks.append(flat)
+        yield flat
+    ctx.memo[key] = DensityActivations(chunks if fits else None, tensor_bytes(chunks) if fits else 0)
+
+
+def density_bytes(ctx, hook_in: str, contexts_NL: Tensor) -> int:
+    kept = ctx.memo.get(("core-density", ctx.host.name, id(ctx.host), hook_in, contexts_digest(contexts_NL),
+                         tuple(contexts_NL.shape)))
+    return 0 if kept is None else kept.nbytes
