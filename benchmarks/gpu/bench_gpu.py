@@ -338,8 +338,9 @@ def part_capture(env: Env) -> dict:
 
 def part_core(env: Env) -> dict:
     host, sh = env.host, env.sh
+    # shared_memory_mb=0: every repeat pays the whole per-SAE cost (core otherwise reuses its first SAE's passes).
     cfg = CoreConfig(n_eval_tokens=sh.core_tokens, n_density_tokens=sh.core_tokens, ctx_len=sh.ctx_len,
-                     batch_size=sh.batch)
+                     batch_size=sh.batch, shared_memory_mb=0)
     ctx = EvalContext(host=host, hook=sh.hook, corpus=str(env.corpus), ctx_len=sh.ctx_len, seed=0, preset="bench")
     ctxs = load_contexts(host, str(env.corpus), sh.core_tokens, sh.ctx_len, 0)  # the contexts run() evaluates
     n_tok = ctxs.numel()
