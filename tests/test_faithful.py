@@ -67,7 +67,7 @@ def test_study_runs_caches_and_resumes(tiny_host, cache, tmp_path, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("trained again although the SAEs are cached")
 
-    monkeypatch.setattr(faithful, "train_sae", no_training)
+    monkeypatch.setattr(faithful, "train_saes", no_training)
     again = run_tiny(tiny_host, tmp_path / "elsewhere")
     assert again.details.cross_seed == result.details.cross_seed
     assert again.details.cross_data == result.details.cross_data

@@ -10,14 +10,15 @@ contexts are split once into disjoint training and held-out parts. The study rep
 - the cross-data table: each corpus's seed-0 SAE evaluated on the held-out part of both corpora (explained
   variance, FaithfulSAE's 1 - Var(x - xhat) / Var(x), L2 loss, CE increase when spliced in).
 
-SAEs are cached (saeval.data.cache, kind ``faithful-saes``) per (model fingerprint, hook, corpus content, sizes,
-training config, seed).
+Each corpus's activations are captured once and its two SAEs trained together from them
+(saeval.saes.train.train_saes); both are cached in one entry (saeval.data.cache, kind ``faithful-saes``) per
+(model fingerprint, hook, corpus content, sizes, training config, seeds). The demo's SAEs are the run's-corpus
+SAEs of the "demo" preset (saeval.demo.demo_saes), so the demo trains them once for its evals and this study.
 """
 
 from __future__ import annotations
 
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from saeval.data.cache import CacheKey, get_or_build
 from saeval.data.corpora import load_contexts
 from saeval.errors import SaevalError
 from saeval.evals.base import EvalContext
-from saeval.saes.train import train_sae
+from saeval.saes.train import train_saes
 from saeval.saes.train_config import TrainConfig
 from saeval.studies.base import envelope
 from saeval.studies.faithful.config import (
@@ -56,45 +57,49 @@ def sae_train_config(host, config: FaithfulConfig) -> TrainConfig:
     return TrainConfig(**config.train.model_dump(), d_sae=config.expansion * host.d_model)
 
 
-def _sae_key(host, hook: str, corpus: str, config: FaithfulConfig, seed: int) -> tuple[CacheKey, str]:
-    """The cache key of one trained SAE and its name (the folder inside the entry that holds it)."""
+def _saes_key(host, hook: str, corpus: str, config: FaithfulConfig) -> CacheKey:
+    """The cache key of one corpus's trained SAEs (both seeds: they are trained together, from one pass)."""
     from saeval.runner.fingerprints import corpus_fingerprint
-    from saeval.runner.names import safe_component
 
-    key = CacheKey("faithful-saes", {
-        "model": host.fingerprint(), "hook": hook, "corpus": [corpus, corpus_fingerprint(corpus)],
+    return CacheKey("faithful-saes", {
+        "format": 2, "model": host.fingerprint(), "hook": hook, "corpus": [corpus, corpus_fingerprint(corpus)],
         "sizes": [config.train_tokens, config.eval_tokens, config.ctx_len], "data_seed": config.data_seed,
         "temperature": config.temperature, "train": sae_train_config(host, config).model_dump(mode="json"),
-        "seed": seed})
+        "seeds": list(config.seeds)})
+
+
+def _sae_name(host, corpus: str, config: FaithfulConfig, key: CacheKey, seed: int) -> str:
+    """The SAE's name, also the folder inside the cache entry that holds it."""
+    from saeval.runner.names import safe_component
+
     tag = "selfgen" if corpus == SELF else Path(corpus).name.replace(":", "-")
-    return key, safe_component(f"{host.name}-{tag}-{config.train_tokens}-s{seed}-{key.digest[:10]}")
+    return safe_component(f"{host.name}-{tag}-{config.train_tokens}-s{seed}-{key.digest[:10]}")
 
 
 def _sae_folder(host, hook: str, corpus: str, config: FaithfulConfig, seed: int) -> Path:
     """Where the SAE of ``seed`` lies once ``study_saes`` has built it."""
-    key, name = _sae_key(host, hook, corpus, config, seed)
-    return key.path / name
+    key = _saes_key(host, hook, corpus, config)
+    return key.path / _sae_name(host, corpus, config, key, seed)
 
 
 def study_saes(host, hook: str, corpus: str, config: FaithfulConfig, train_contexts: Tensor) -> list:
-    """The two seeds' SAEs trained on ``train_contexts`` of ``corpus`` (cached on disk, one entry per seed)."""
+    """The two seeds' SAEs trained on ``train_contexts`` of ``corpus``, cached on disk in one entry: the
+    activations are captured once and both SAEs step through them together (saes.train.train_saes)."""
     from saeval.saes.formats import load_sae, save_sae
 
-    acts: ActivationCache | None = None
+    key = _saes_key(host, hook, corpus, config)
+    names = [_sae_name(host, corpus, config, key, seed) for seed in config.seeds]
 
-    def train(seed: int, name: str, tmp: Path) -> None:
-        nonlocal acts
-        if acts is None:  # the activations only when some seed's SAE is missing
-            acts = ActivationCache.build(host, hook, corpus, train_contexts)
-        cfg = sae_train_config(host, config).model_copy(update={"seed": seed})
-        sae, _ = train_sae(acts, acts.n_tokens, host.d_model, cfg, hook, host.name, name=name)
-        save_sae(sae, tmp / name)
+    def train(tmp: Path) -> None:
+        acts = ActivationCache.build(host, hook, corpus, train_contexts)
+        base = sae_train_config(host, config)
+        configs = [base.model_copy(update={"seed": seed}) for seed in config.seeds]
+        for (sae, _), name in zip(train_saes(acts, acts.n_tokens, host.d_model, configs, hook, host.name, names),
+                                  names, strict=True):
+            save_sae(sae, tmp / name)
 
-    saes = []
-    for seed in config.seeds:
-        key, name = _sae_key(host, hook, corpus, config, seed)
-        saes.append(load_sae(get_or_build(key, partial(train, seed, name)) / name))
-    return saes
+    entry = get_or_build(key, train)
+    return [load_sae(entry / name) for name in names]
 
 
 def _match(a, b, threshold: float) -> PairMatch:
