@@ -21,7 +21,6 @@ import torch
 
 from saeval.analysis import erasure
 from saeval.analysis.erasure import tokenize_examples
-from saeval.assets import cache_dir
 from saeval.evals.base import EvalContext
 from saeval.evals.scr import SPEC as SCR
 from saeval.evals.shift import SPEC as SHIFT
@@ -35,12 +34,10 @@ SPECS = {spec.name: spec for spec in (TPP, SCR, SHIFT)}
 
 
 def saes_for(host, n: int) -> tuple[list, str]:
-    from saeval.demo import demo_sae_name
-    from saeval.saes.formats import load_sae
+    from saeval.demo import DEMO_SEEDS, demo_saes
 
-    paths = [cache_dir() / "demo-saes" / demo_sae_name(s) for s in range(n)]
-    if all((p / "cfg.json").exists() for p in paths):
-        return [load_sae(p) for p in paths], "demo SAEs"
+    if n <= len(DEMO_SEEDS):  # trained (about 40 s) and cached when missing
+        return demo_saes(host, DEMO_SEEDS[:n]), "demo SAEs"
     out = []
     for s in range(n):
         torch.manual_seed(s)

@@ -13,37 +13,25 @@ import time
 import torch
 
 from saeval.analysis.steering import LMReadout
-from saeval.assets import cache_dir
 from saeval.data.vocab import load_vocab
 from saeval.evals import EvalContext
 from saeval.evals.steerability import SPEC
 from saeval.hosts import LanguageHost
-from saeval.saes import SAEConfig, create_sae
 
 HOOK = "blocks.15.hook_resid_post"
 NAIVE_LATENTS = 2  # the naive loop is timed on this many latents and scaled up
 
 
-def demo_or_random_sae(host):
-    from saeval.demo import demo_sae_name
+def demo_sae(host):
+    from saeval.demo import demo_saes
 
-    path = cache_dir() / "demo-saes" / demo_sae_name(0)
-    if (path / "cfg.json").exists():
-        from saeval.saes.formats import load_sae
-
-        return load_sae(path), "demo SAE (seed 0)"
-    sae = create_sae(SAEConfig(architecture="topk", d_in=host.d_model, d_sae=4608, k=32, hook_name=HOOK, name="rand"))
-    torch.manual_seed(0)
-    with torch.no_grad():
-        sae.W_dec.copy_(torch.nn.functional.normalize(torch.randn(4608, host.d_model), dim=-1))
-        sae.W_enc.copy_(sae.W_dec.T)
-    return sae, "random TopK SAE (demo SAE not cached)"
+    return demo_saes(host, (0,))[0], "demo SAE (seed 0)"  # trained (about 40 s) and cached when missing
 
 
 def main() -> None:
     torch.manual_seed(0)
     host = LanguageHost.load("smollm2-135m")
-    sae, which = demo_or_random_sae(host)
+    sae, which = demo_sae(host)
     config = SPEC.config("demo")
     ctx = EvalContext(host=host, hook=HOOK, corpus="sotu", preset="demo")
     n_lat, n_str, n_in, L = config.n_latents, len(config.strengths), config.n_inputs, config.prompt_len
