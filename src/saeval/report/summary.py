@@ -163,23 +163,25 @@ def print_summary(out_dir: Path, report_path: Path) -> None:
     notes: list[str] = []
     records = eval_records(Path(out_dir), notes) + imported_records(Path(out_dir))
     columns, rows = summary_rows(records)
+    # Transposed (evals as rows, SAEs as columns): a few SAEs fit an 80-column terminal, names folding.
     table = Table(title=f"saeval results in {out_dir}", title_justify="left", box=box.SIMPLE_HEAD)
-    table.add_column("SAE", no_wrap=True)
-    table.add_column("L0", justify="right")
-    for c in columns:
-        table.add_column(f"{c.eval} {c.arrow or '(' + c.better + ')'}\n{c.metric}", justify="right",
-                         overflow="fold")
+    table.add_column("headline", no_wrap=True)
     for r in rows:
+        table.add_column(r.sae + (" (imported)" if r.imported else ""), justify="right", overflow="fold")
+    table.add_row("L0", *("–" if r.l0 is None else f"{r.l0:.4g}" for r in rows))
+    for c in columns:
         cells = []
-        for c in columns:
+        for r in rows:
             v = r.values.get(c.eval)
-            text = "–" if v is None else v.text() + (" *" if v.best else "") + (
+            if v is None or v.value is None:
+                cells.append("–")
+                continue
+            text = (v.text() if v.spread.startswith("±") else Value(v.value).text()) + ("*" if v.best else "") + (
                 f" (n={v.few_latents})" if v.few_latents is not None else "")
-            cells.append(f"[bold green]{text}[/]" if v is not None and v.best else text)
-        name = r.sae + (" (imported)" if r.imported else "")
-        table.add_row(name, "–" if r.l0 is None else f"{r.l0:.4g}", *cells)
+            cells.append(f"[bold green]{text}[/]" if v.best else text)
+        table.add_row(f"{c.eval} {c.metric} {c.arrow}".rstrip(), *cells)
     console = Console()
     console.print(table)
-    console.print("* best in its column; ↑ higher is better, ↓ lower is better; (n=..) mean over fewer than "
-                  f"{MIN_LATENTS} latents")
+    console.print("* best of its row; ↑ higher is better, ↓ lower is better; (n=..) mean over fewer than "
+                  f"{MIN_LATENTS} latents; intervals in the report")
     console.print(f"report: {report_path}")
