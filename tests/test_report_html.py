@@ -117,5 +117,5 @@ def test_print_summary_is_one_table_with_directions_and_the_report_path(tmp_path
     monkeypatch.setattr("saeval.report.records.imported_records", lambda out: [])
     print_summary(tmp_path, tmp_path / "report.html")
     text = capsys.readouterr().out
-    assert "core ↑" in text and "ce_loss_score" in text and "0.9 *" in text and "0.8 *" not in text
+    assert "core ce_loss_score ↑" in text and "0.9*" in text and "0.8*" not in text
     assert text.index(" a ") < text.index(" b ") and str(tmp_path / "report.html") in text.replace("\n", "")
