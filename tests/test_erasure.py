@@ -462,7 +462,8 @@ def test_evals_run_deterministically_cache_activations_and_report(tmp_path, tiny
     for spec, report in ((TPP, tpp_report), (SCR, scr_report)):
         records = [json.loads(p.read_text()) for p in paths if p.name == f"{spec.name}.json"]
         section = report(records)
-        assert "plotly" in section and sae_a.name in section and sae_b.name in section
+        assert "class='plot'" in section and "application/json" in section  # a figure, drawn from its JSON
+        assert sae_a.name in section and sae_b.name in section
         assert spec.report_fn() is report
 
 
