@@ -106,7 +106,8 @@ def test_unchanged_skips_changed_field_recomputes_and_names_it(tmp_path, count_e
     record = json.loads(path.read_text())
     assert record["metrics"]["value"] == 2.0 and record["config_hash"] and record["hash_inputs"]["config"]["value"] == 2
     assert record["provenance"]["sae_weights_hash"] == record["hash_inputs"]["sae"]
-    assert set(record["provenance"]["versions"]) == {"saeval", "torch", "transformers"}
+    assert {"saeval", "torch", "transformers"} <= set(record["provenance"]["versions"])
+    assert set(record["provenance"]["versions"]) <= {"saeval", "torch", "transformers", "sae-lens"}
     mtime = path.stat().st_mtime_ns
     out = run_evals(_ctx(preset="demo"), saes, ["count"], tmp_path)
     assert [o.status for o in out] == ["skipped", "skipped"] and len(CALLS) == 2
