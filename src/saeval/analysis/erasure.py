@@ -47,10 +47,10 @@ from saeval.analysis.probes import (
     ProbeFit,
     SAEBenchDraw,
     SAEBenchStream,
+    accuracy,
     can_stop_early,
     derive_seed,
     generator_from,
-    saebench_accuracy,
     train_probe,
 )
 from saeval.data.activations import check_finite
@@ -484,10 +484,9 @@ def ablation_view(sae, acts: ExampleActivations, ids: np.ndarray, keep: Tensor, 
 def accuracy_of(logits_N: Tensor, n_pos: int, float32: bool = False) -> float:
     """Accuracy when the first ``n_pos`` rows are positives and the rest negatives (logit > 0 = positive);
     ``float32``: rounded as SAEBench's test_probe_gpu rounds it."""
-    y = torch.zeros(len(logits_N), dtype=torch.bool)
-    y[:n_pos] = True
-    correct = (logits_N > 0) == y
-    return saebench_accuracy(correct) if float32 else float(correct.double().mean())
+    y_N = torch.zeros(len(logits_N), dtype=torch.long)
+    y_N[:n_pos] = 1
+    return accuracy(logits_N, y_N, float32)
 
 
 def cached_activations(ctx, task, ctx_len: int, batch_size: int,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +32,7 @@ from saeval.analysis.erasure_config import ProbeConfig
 from saeval.errors import SaevalError
 
 __all__ = ["LinearProbe", "ProbeConfig", "ProbeFit", "SAEBenchDraw", "SAEBenchStream", "derive_seed", "generator",
-           "one_vs_rest_negatives", "saebench_accuracy", "train_probe"]
+           "one_vs_rest_negatives", "train_probe"]
 
 
 class ProbeFit(BaseModel):
@@ -59,11 +60,7 @@ def accuracy(logits_N: Tensor, y_N: Tensor, float32: bool = False) -> float:
     computed; ``float32``: SAEBench's value (test_probe_gpu averages float32 0/1s), which its SCR ratios and
     TPP differences are then computed from."""
     correct = (logits_N > 0).long() == y_N.long()
-    return saebench_accuracy(correct) if float32 else float(correct.double().mean())
-
-
-def saebench_accuracy(correct_N: Tensor) -> float:
-    return float(correct_N.float().mean())
+    return float(correct.float().mean()) if float32 else float(correct.double().mean())
 
 
 def derive_seed(*parts: object) -> int:
@@ -180,33 +177,9 @@ def _train(x: Tensor, y: Tensor, x_sel: Tensor, y_sel: Tensor, config: ProbeConf
     bound = 1 / math.sqrt(d)  # nn.Linear's default init: U(-1/sqrt(d), 1/sqrt(d)) for weight and bias
     w = ((torch.rand(d, generator=gen) * 2 - 1) * bound).requires_grad_(True)
     b = ((torch.rand(1, generator=gen) * 2 - 1) * bound).requires_grad_(True)
-    opt = torch.optim.AdamW([w, b], lr=config.lr, weight_decay=config.weight_decay)
-    best = (-1.0, 0, w.detach().clone(), float(b.detach()))
-    patience = 0
-    epoch = 0
-    for epoch in range(1, config.epochs + 1):
-        order = torch.randperm(len(x), generator=gen)
-        for start in range(0, len(x), config.batch_size):
-            idx = order[start : start + config.batch_size]
-            loss = F.binary_cross_entropy_with_logits(x[idx] @ w + b, y[idx])
-            if config.l1_penalty:
-                loss = loss + config.l1_penalty * w.abs().sum()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        with torch.no_grad():
-            acc = accuracy(x_sel @ w + b, y_sel)
-        if acc > best[0]:  # strictly better, as SAEBench: ties keep the earlier epoch
-            best = (acc, epoch, w.detach().clone(), float(b.detach()))
-            patience = 0
-        else:
-            patience += 1
-        if patience >= config.early_stopping_patience:
-            break
-    acc, best_epoch, w_best, b_best = best
-    fit = ProbeFit(best_epoch=best_epoch, selection_accuracy=acc, epochs_run=epoch, n_train=len(x),
-                   n_selection=len(x_sel))
-    return LinearProbe(w_best, b_best), fit
+    w_best, b_best, fit = _epochs(x, y, x_sel, y_sel, config, gen, w, b, lambda x_ND: x_ND @ w + b,
+                                  saebench=False)
+    return LinearProbe(w_best, float(b_best)), fit
 
 
 def _train_saebench(x: Tensor, y: Tensor, x_sel: Tensor, y_sel: Tensor, config: ProbeConfig,
@@ -214,29 +187,42 @@ def _train_saebench(x: Tensor, y: Tensor, x_sel: Tensor, y_sel: Tensor, config: 
     """SAEBench's train_probe_gpu op for op (so float32 weights agree bit for bit on the same device): the
     (1, d) weight through F.linear, the L1 term always added, selection accuracy in float32 starting from 0."""
     w_1D, b_1 = (t.requires_grad_(True) for t in _saebench_init(x.shape[1], gen))
-    opt = torch.optim.AdamW([w_1D, b_1], lr=config.lr, weight_decay=config.weight_decay)
-    best_acc, best_epoch, w_best, b_best = 0.0, 0, w_1D.detach().clone(), b_1.detach().clone()
+    w_best, b_best, fit = _epochs(x, y, x_sel, y_sel, config, gen, w_1D, b_1,
+                                  lambda x_ND: F.linear(x_ND, w_1D, b_1).squeeze(-1), saebench=True)
+    return LinearProbe(w_best[0], float(b_best[0])), fit
+
+
+def _epochs(x: Tensor, y: Tensor, x_sel: Tensor, y_sel: Tensor, config: ProbeConfig, gen: torch.Generator,
+            w: Tensor, b: Tensor, logits: Callable[[Tensor], Tensor],
+            saebench: bool) -> tuple[Tensor, Tensor, ProbeFit]:
+    """Both trainings' loop: AdamW on (w, b), minibatches in a fresh ``gen`` order per epoch; returns the
+    parameters of the epoch with strictly the best selection accuracy (ties keep the earlier epoch, as SAEBench).
+    ``saebench``: the L1 term added even when 0, float32 accuracies, and a best accuracy starting at 0, so an
+    epoch must beat 0 (SAEBench asserts one does; the initial weights stand in for that failure); else the
+    first epoch is always a candidate."""
+    opt = torch.optim.AdamW([w, b], lr=config.lr, weight_decay=config.weight_decay)
+    best_acc, best_epoch, w_best, b_best = (0.0 if saebench else -1.0), 0, w.detach().clone(), b.detach().clone()
     patience = 0
     epoch = 0
     for epoch in range(1, config.epochs + 1):
         order = torch.randperm(len(x), generator=gen)
         for start in range(0, len(x), config.batch_size):
             idx = order[start : start + config.batch_size]
-            loss = F.binary_cross_entropy_with_logits(F.linear(x[idx], w_1D, b_1).squeeze(-1), y[idx])
-            loss = loss + config.l1_penalty * torch.sum(torch.abs(w_1D))
+            loss = F.binary_cross_entropy_with_logits(logits(x[idx]), y[idx])
+            if saebench or config.l1_penalty:
+                loss = loss + config.l1_penalty * torch.sum(torch.abs(w))
             opt.zero_grad()
             loss.backward()
             opt.step()
         with torch.no_grad():
-            acc = accuracy(F.linear(x_sel, w_1D, b_1).squeeze(-1), y_sel, float32=True)
+            acc = accuracy(logits(x_sel), y_sel, float32=saebench)
         if acc > best_acc:
-            best_acc, best_epoch, w_best, b_best = acc, epoch, w_1D.detach().clone(), b_1.detach().clone()
+            best_acc, best_epoch, w_best, b_best = acc, epoch, w.detach().clone(), b.detach().clone()
             patience = 0
         else:
             patience += 1
         if patience >= config.early_stopping_patience:
             break
-    # SAEBench asserts that some epoch beat accuracy 0; the initial weights stand in for that failure.
     fit = ProbeFit(best_epoch=best_epoch, selection_accuracy=best_acc, epochs_run=epoch, n_train=len(x),
                    n_selection=len(x_sel))
-    return LinearProbe(w_best[0], float(b_best[0])), fit
+    return w_best, b_best, fit
