@@ -160,9 +160,13 @@ def _probe_features(X_ND: np.ndarray, task: ErasureTask, config: SparseProbingCo
         row[f"{source}_test_accuracy"], fits[task.labels[cls]], ok = full_probe(
             X_ND, sets, config, derive_seed(config.seed, task.name, cls, source))
         not_converged += not ok
+        ranking = None
         for k in sorted(config.k_values):
-            sets = draw_sets(task, cls, f"{source}_top_{k}", config)
-            order, diff = rank_dims(X_ND, sets.train_pos, sets.train_neg)
+            # Mode validation draws once per class: every k shares one ranking (over all F latents, not cheap).
+            if config.mode == "saebench" or ranking is None:
+                sets = draw_sets(task, cls, f"{source}_top_{k}", config)
+                ranking = rank_dims(X_ND, sets.train_pos, sets.train_neg)
+            order, diff = ranking
             keep = order[:k]
             x, y = xy(X_ND[:, keep], sets.train_pos, sets.train_neg)
             x_test, y_test = xy(X_ND[:, keep], sets.test_pos, sets.test_neg)
