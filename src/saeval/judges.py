@@ -14,14 +14,13 @@ call or a reply that is not a yes/no becomes a recorded failed judgement, never 
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Literal, Protocol
 
 from pydantic import BaseModel
 
 from saeval.errors import SaevalError
-from saeval.llm import ChatModel, LLMError, chat_model, complete_many
+from saeval.llm import ChatModel, LLMError, chat_model, complete_many, p_yes
 
 Verdict = Literal["spurious", "not_spurious", "failed"]
 
@@ -124,9 +123,9 @@ class LLMJudge:
             options = {"yes": ["Yes", "yes"], "no": ["No", "no"]}
             out = []
             for item, logp in zip(evidence, choose(prompts, options), strict=True):
-                p_yes = 1 / (1 + math.exp(logp["no"] - logp["yes"]))
-                out.append(Judgement(latent=item.latent, verdict="spurious" if p_yes > 0.5 else "not_spurious",
-                                     score=p_yes, reply=f"{'Yes' if p_yes > 0.5 else 'No'} (P(yes)={p_yes:.3f})"))
+                yes = p_yes(logp)
+                out.append(Judgement(latent=item.latent, verdict="spurious" if yes > 0.5 else "not_spurious",
+                                     score=yes, reply=f"{'Yes' if yes > 0.5 else 'No'} (P(yes)={yes:.3f})"))
             return out
         replies = complete_many(self.model, prompts, max_new_tokens=self.max_new_tokens, temperature=0.0)
         return [self._verdict(item, reply) for item, reply in zip(evidence, replies, strict=True)]

@@ -10,6 +10,7 @@ asks only what it has not had answered (``EndpointConfig.cache``).
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import time
@@ -59,6 +60,18 @@ def complete_many(model: ChatModel, messages: Sequence[str], max_new_tokens: int
         return out
 
 
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows padded to one width (on the right, or on the ``left`` for generation) and their attention mask."""
+    width = max(map(len, rows))
+    tokens_BL = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask_BL = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        where = slice(width - len(row), width) if left else slice(0, len(row))
+        tokens_BL[i, where] = torch.tensor(list(row), dtype=torch.long)
+        mask_BL[i, where] = 1
+    return tokens_BL, mask_BL
+
+
 class LocalChatModel:
     """An instruct model held as a LanguageHost (SmolLM2-135M-Instruct offline), batched with left padding."""
 
@@ -79,12 +92,7 @@ class LocalChatModel:
         replies: list[str] = []
         for start in range(0, len(messages), self.batch_size):
             ids = [self.prompt_ids(m) for m in messages[start : start + self.batch_size]]
-            width = max(map(len, ids))
-            tokens = torch.full((len(ids), width), self.host.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(ids), width), dtype=torch.long)
-            for i, row in enumerate(ids):
-                tokens[i, width - len(row):] = torch.tensor(row)
-                mask[i, width - len(row):] = 1
+            tokens, mask = pad_rows(ids, self.host.pad_id, left=True)
             new = self.host.generate(tokens, mask, max_new_tokens=max_new_tokens, temperature=temperature,
                                      seed=seed + start)
             replies += self.host.tokenizer.batch_decode(new, skip_special_tokens=True)
@@ -110,13 +118,8 @@ class LocalChatModel:
         for start in range(0, len(order), self.batch_size):
             rows = order[start : start + self.batch_size]
             ids = [all_ids[i] for i in rows]
-            width = max(map(len, ids))
             # Right padding: a causal model's output at each row's last real token ignores the pads after it.
-            tokens = torch.full((len(ids), width), self.host.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(ids), width), dtype=torch.long)
-            for i, row in enumerate(ids):
-                tokens[i, : len(row)] = torch.tensor(row)
-                mask[i, : len(row)] = 1
+            tokens, mask = pad_rows(ids, self.host.pad_id)
             resid_BLD = self.host.capture(tokens, [final], mask)[final]
             last = torch.tensor([len(row) - 1 for row in ids], device=resid_BLD.device)
             logits = self.host.logits_from_residual(resid_BLD[torch.arange(len(ids)), last][:, None])[:, 0]
@@ -124,6 +127,11 @@ class LocalChatModel:
             for i, row in zip(rows, logp, strict=True):
                 out[i] = {label: float(torch.logsumexp(row[toks], 0)) for label, toks in firsts.items()}
         return out
+
+
+def p_yes(logp: dict[str, float]) -> float:
+    """P(yes) among yes and no, from one of ``LocalChatModel.choose``'s answers with options "yes" and "no"."""
+    return 1 / (1 + math.exp(logp["no"] - logp["yes"]))
 
 
 class EndpointConfig(BaseModel):

@@ -31,7 +31,7 @@ from sklearn.metrics import roc_auc_score
 
 from saeval.evals.autointerp.config import LLMUsage, ScoredExample, ScorerResult
 from saeval.judges import parse_yes_no
-from saeval.llm import ChatModel, LLMError, complete_many
+from saeval.llm import ChatModel, LLMError, complete_many, p_yes
 
 YES_NO = {"yes": ["Yes", "yes", " Yes"], "no": ["No", "no", " No"]}
 PREAMBLE = "We are studying a feature of a language model: it fires on particular tokens, words or concepts."
@@ -159,11 +159,7 @@ class CountedChat:
         logps = choose(list(messages), YES_NO)
         self.usage.n_calls += len(messages)
         self.usage.prompt_tokens += sum(self._count(m) for m in messages)
-        out = []
-        for lp in logps:
-            p_yes = 1 / (1 + math.exp(lp["no"] - lp["yes"]))
-            out.append((p_yes > 0.5, p_yes))
-        return out
+        return [(p > 0.5, p) for p in map(p_yes, logps)]
 
 
 def parse_numbers(reply: str) -> list[int] | None:
