@@ -9,6 +9,8 @@ import math
 import re
 from typing import Any
 
+from saeval.flatten import flatten
+
 # Means over fewer latents than this are flagged: their spread across latents makes the SAE ranking unreliable.
 MIN_LATENTS = 30
 # The metric counting the latents each eval's means are taken over.
@@ -126,15 +128,6 @@ def metrics_table(records: list[dict[str, Any]], highlight: str | None = None) -
     return table_html(rows, ["metric", *names], left=())
 
 
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for key, sub in value.items():
-            out.update(flatten(sub, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: json.dumps(value, sort_keys=True) if isinstance(value, list) else value}
-
-
 def run_settings(rec: dict[str, Any]) -> dict[str, Any]:
     """What a result ran under, flattened: model, preset, config fields, and the data sizes used."""
     settings = {"model": rec.get("model"), "preset": rec.get("preset")}
@@ -154,7 +147,7 @@ def differing_settings(records: list[dict[str, Any]]) -> list[str]:
 def _setting(key: str, value: Any) -> str:
     if value is None:  # a size is recorded only when a request was cut to what the data had
         return "(as requested)" if key.startswith("sizes.") else "(not set)"
-    return f"<b>{fmt(value)}</b>"
+    return f"<b>{fmt(json.dumps(value, sort_keys=True) if isinstance(value, list) else value)}</b>"
 
 
 def settings_warning(records: list[dict[str, Any]]) -> str:
