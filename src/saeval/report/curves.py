@@ -10,10 +10,11 @@ from typing import Any
 from saeval.report.figures import color, figure_html
 
 
-def value_at(rec: dict[str, Any], key: str) -> float | None:
-    """A metric of a result record: typed metrics hold SAEBench's N, ``details.by_n`` any other N."""
+def value_at(rec: dict[str, Any], key: str, extra: str = "by_n") -> float | None:
+    """A metric of a result record: typed metrics hold SAEBench's N (or k), ``details.by_n`` (``by_k``) any
+    other."""
     found = rec["metrics"].get(key)
-    return found if found is not None else (rec.get("details") or {}).get("by_n", {}).get(key)
+    return found if found is not None else (rec.get("details") or {}).get(extra, {}).get(key)
 
 
 def score_vs_n(records: list[dict], key: str, title: str, y_title: str,

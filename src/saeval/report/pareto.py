@@ -6,17 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from saeval.report.figures import color, figure_html, log_ticks
-from saeval.report.summary import Column, sae_key
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+from saeval.report.summary import Column, as_number, sae_key
 
 
 def _error(metrics: dict[str, Any], key: str) -> tuple[float | None, float | None]:
     """(minus, plus) error bar of ``metrics[key]``: its bootstrap interval, else its seed std."""
-    value, std = _number(metrics.get(key)), _number(metrics.get(f"{key}_std"))
-    low, high = _number(metrics.get(f"{key}_ci_low")), _number(metrics.get(f"{key}_ci_high"))
+    value, std = as_number(metrics.get(key)), as_number(metrics.get(f"{key}_std"))
+    low, high = as_number(metrics.get(f"{key}_ci_low")), as_number(metrics.get(f"{key}_ci_high"))
     if value is not None and low is not None and high is not None:
         return value - low, high - value
     return std, std
@@ -24,16 +20,16 @@ def _error(metrics: dict[str, Any], key: str) -> tuple[float | None, float | Non
 
 def pareto_points(column: Column, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One point per SAE with a headline value: name, architecture, imported, L0 (its core result), width."""
-    l0 = {sae_key(r): _number(r["metrics"].get("l0")) for r in records if r.get("eval") == "core"}
+    l0 = {sae_key(r): as_number(r["metrics"].get("l0")) for r in records if r.get("eval") == "core"}
     points = []
     for rec in records:
-        value = _number(rec["metrics"].get(column.metric)) if rec.get("eval") == column.eval else None
+        value = as_number(rec["metrics"].get(column.metric)) if rec.get("eval") == column.eval else None
         if value is None:
             continue
         minus, plus = _error(rec["metrics"], column.metric)
         points.append({"name": rec["sae"]["name"], "imported": "imported" in rec, "value": value,
                        "architecture": rec["sae"].get("architecture") or "?", "l0": l0.get(sae_key(rec)),
-                       "width": _number(rec["sae"].get("d_sae")), "minus": minus, "plus": plus})
+                       "width": as_number(rec["sae"].get("d_sae")), "minus": minus, "plus": plus})
     return points
 
 
@@ -71,8 +67,7 @@ def pareto_html(column: Column, records: list[dict[str, Any]]) -> str:
     fig.update_xaxes(type="log", title_text="width d_sae (latents)",
                      **log_ticks([p["width"] for p in points if p["width"]]), row=1, col=2)
     fig.update_yaxes(title_text=column.metric)
-    fig.update_layout(title=f"{column.eval}: {column.metric} ({column.better} is better {column.arrow}) against "
-                      "sparsity and width, one point per SAE".replace(" )", ")"),
+    fig.update_layout(title=f"{column.title} against sparsity and width, one point per SAE",
                       legend_title_text="SAE family")
     fig.update_annotations(font_size=13)
     return figure_html(fig, height=420, top=90)

@@ -73,13 +73,14 @@ def headline_columns(records: list[dict[str, Any]]) -> list[Column]:
             if (h := EVALS[name].headline) is not None]
 
 
-def _number(value: Any) -> float | None:
+def as_number(value: Any) -> float | None:
+    """``value`` as a float when it is a number (bools are not), else None."""
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _spread(metrics: dict[str, Any], key: str) -> str:
-    std = _number(metrics.get(f"{key}_std"))
-    low, high = _number(metrics.get(f"{key}_ci_low")), _number(metrics.get(f"{key}_ci_high"))
+    std = as_number(metrics.get(f"{key}_std"))
+    low, high = as_number(metrics.get(f"{key}_ci_low")), as_number(metrics.get(f"{key}_ci_high"))
     if low is not None and high is not None:
         return f"[{low:.3g}, {high:.3g}]"
     return f"± {std:.2g}" if std is not None else ""
@@ -99,13 +100,13 @@ def summary_rows(records: list[dict[str, Any]]) -> tuple[list[Column], list[Row]
         row = rows.setdefault(key, Row(key[0], key[1], rec["sae"].get("d_sae"), None))
         metrics = rec.get("metrics") or {}
         if rec.get("eval") == "core":
-            row.l0 = _number(metrics.get("l0"))
+            row.l0 = as_number(metrics.get("l0"))
         for col in columns:
             if rec.get("eval") != col.eval:
                 continue
             count = metrics.get(LATENT_COUNTS.get(col.eval, ""))
             few = count if isinstance(count, int) and count < MIN_LATENTS else None
-            row.values[col.eval] = Value(_number(metrics.get(col.metric)), _spread(metrics, col.metric), few)
+            row.values[col.eval] = Value(as_number(metrics.get(col.metric)), _spread(metrics, col.metric), few)
     ordered = sorted(rows.values(), key=lambda r: (r.imported, r.sae))
     for col in columns:
         sign = {"higher": 1, "lower": -1}.get(col.better)

@@ -6,11 +6,8 @@ from __future__ import annotations
 import html
 from typing import Any
 
-
-def value(rec: dict[str, Any], key: str) -> float | None:
-    """A metric of a result record: typed metrics hold SAEBench's k, ``details.by_k`` any other k."""
-    found = rec["metrics"].get(key)
-    return found if found is not None else rec.get("details", {}).get("by_k", {}).get(key)
+from saeval.report.curves import value_at
+from saeval.report.figures import color, figure_html
 
 
 def _cell(v: float | None) -> str:
@@ -20,20 +17,17 @@ def _cell(v: float | None) -> str:
 def report(records: list[dict[str, Any]]) -> str:
     import plotly.graph_objects as go
 
-    from saeval.report.figures import figure_html
-
     fig = go.Figure()
-    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f"]
     rows = []
     for i, rec in enumerate(records):
-        color = palette[i % len(palette)]
         ks = sorted(rec["config"].get("k_values", []))
         labels = [str(k) for k in ks] + ["all"]
         name = rec["sae"]["name"]
         for side, dash in (("sae", "solid"), ("llm", "dash")):
-            ys = [value(rec, f"{side}_top_{k}_test_accuracy") for k in ks] + [value(rec, f"{side}_test_accuracy")]
+            ys = [value_at(rec, f"{side}_top_{k}_test_accuracy", "by_k") for k in ks]
+            ys.append(value_at(rec, f"{side}_test_accuracy", "by_k"))
             fig.add_trace(go.Scatter(x=labels, y=ys, mode="lines+markers", name=f"{name} {side.upper()}",
-                                     line=dict(color=color, dash=dash)))
+                                     line=dict(color=color(i), dash=dash)))
         for dataset, d in rec.get("details", {}).get("datasets", {}).items():
             m = d.get("metrics", {})
             cells = [_cell(m.get(f"sae_top_{k}_test_accuracy")) for k in ks] + [_cell(m.get("sae_test_accuracy"))]
