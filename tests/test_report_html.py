@@ -119,3 +119,29 @@ def test_print_summary_is_one_table_with_directions_and_the_report_path(tmp_path
     text = capsys.readouterr().out
     assert "core ce_loss_score ↑" in text and "0.9*" in text and "0.8*" not in text
     assert text.index(" a ") < text.index(" b ") and str(tmp_path / "report.html") in text.replace("\n", "")
+
+
+def test_departures_line_once_per_section_naming_saes_when_they_differ():
+    from saeval.report.sections import departures_html, departures_line
+
+    a = rec("synthetic", "a", {}, details={"departures": ["log10 density"]})
+    b = rec("synthetic", "b", {}, details={"departures": ["log10 density"]})
+    teren = rec("synthetic", "t", {}, details={"departures": ["ties broken by index"]})
+    assert departures_html([a, b]) == departures_line(a) and departures_html([a, b]).count("Departs from") == 1
+    mixed = departures_html([a, b, teren])
+    assert "<b>a, b: departs from" in mixed and "<b>t: departs from" in mixed and mixed.count("departs from") == 2
+    assert "ties broken by index" in mixed and departures_html([rec("core", "c", {}, details={})]) == ""
+
+
+def test_steerability_table_cells_sort_as_numbers():
+    from saeval.evals.steerability.report import _best_latents
+
+    values = [0.5, 0.012, 3.0]
+    latents = [{"latent": i, "steerability": [v], "power": [v / 2], "top_concept": "x", "top_concept_prob": [0.1],
+                "promoted": [("up", 0.1)], "demoted": []} for i, v in enumerate(values)]
+    page = _best_latents(rec("steerability", "s", {}, details={"latents": latents, "strengths": [4.0]}), 0)
+    table = page[page.index("<table"):]
+    body = table.split("<tbody>", 1)[1]
+    s_column = [re.findall(r"<td data-v='([^']+)'>", row)[1] for row in re.findall(r"<tr>(.*?)</tr>", body)]
+    assert [float(v) for v in s_column] == sorted(values, reverse=True)  # best first, each cell its number
+    assert "<th class=l>promoted</th>" in table and "demoted" not in table  # a column empty in every row is left out

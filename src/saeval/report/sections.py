@@ -19,7 +19,7 @@ ANCHORS = {
     "tpp": "SAEBench",
     "sparse_probing": "SAEBench",
     "shift": "Karvonen et al. 2024",
-    "synthetic": "Giglemiani et al. 2024",
+    "synthetic": "teren's code (Giglemiani et al. 2024)",
     "self_explanation": "the reference code",
 }
 # Metrics tables longer than this start collapsed, so the page stays short.
@@ -37,6 +37,20 @@ def departures_line(record: dict[str, Any]) -> str:
     anchor = anchor or ANCHORS.get(record.get("eval", ""), "its reference")
     return (f"<p class='note'><b>Departs from {html.escape(anchor)}:</b> "
             + "; ".join(html.escape(str(line)) for line in lines) + "</p>")
+
+
+def departures_html(records: list[dict[str, Any]]) -> str:
+    """The departures line of a section's SAEs: one line when they share it, else one per distinct line, named
+    by the SAEs it applies to (the departures follow each result's config, which may differ)."""
+    by_line: dict[str, list[str]] = {}
+    for rec in records:
+        line = departures_line(rec)
+        if line:
+            by_line.setdefault(line, []).append(rec["sae"]["name"])
+    if len(by_line) == 1 and len(next(iter(by_line.values()))) == len(records):
+        return next(iter(by_line))
+    return "".join(line.replace("<b>Departs", f"<b>{html.escape(', '.join(names))}: departs", 1)
+                   for line, names in by_line.items())
 
 
 def core_section(records: list[dict[str, Any]]) -> str:
@@ -93,7 +107,7 @@ def eval_section(name: str, records: list[dict[str, Any]], everything: list[dict
     parts = [
         f"<section><h2 id='{name}'>{html.escape(name)}</h2>",
         _intro(name, records, column, spec.description if spec else ""),
-        departures_line(records[0]),
+        departures_html(records),
         result_warnings(records),
         settings_warning(records),
         small_n_warning(name, records),

@@ -29,13 +29,10 @@ def report(records: list[dict]) -> str:
         )
         parts.append(figure_html(fig))
         d = rec["details"]
-        if d.get("selfsim_threshold") is not None:
-            notes = "".join(f"<li>{html.escape(x)}</li>" for x in d.get("departures", []))
+        if d.get("selfsim_threshold") is not None:  # (the departures are in the section's departures line)
             parts.append(
                 f"<p class='note'>self-similarity: {html.escape(d.get('selfsim', 'cosine'))}; failure threshold "
-                f"{d['selfsim_threshold']:.3g} ({html.escape(d.get('selfsim_threshold_derivation', ''))})."
-                + (f" Departures from the reference code:</p><ul>{notes}</ul>" if notes else "</p>")
-            )
+                f"{d['selfsim_threshold']:.3g} ({html.escape(d.get('selfsim_threshold_derivation', ''))}).</p>")
         parts.append(
             f"<details{' open' if len(rows) <= 6 else ''}><summary>{html.escape(rec['sae']['name'])}: "
             f"{len(rows)} latents' explanations</summary><div class='tw'><table class='sortable'><thead><tr>"

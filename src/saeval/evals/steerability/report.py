@@ -7,6 +7,7 @@ import html
 from typing import Any
 
 from saeval.report.figures import color, figure_html
+from saeval.report.tables import Cell, table_html
 
 S_TITLE = "steerability S (sum of squared mean probability shifts)"
 STRENGTH_TITLE = "steering strength s (latent activation)"
@@ -32,13 +33,13 @@ def _best_latents(rec: dict[str, Any], s_idx: int) -> str:
     fig.update_yaxes(title_text="S", row=1, col=1)
     fig.update_yaxes(title_text="p(top concept)", row=1, col=2)
     fig.update_layout(title=f"{rec['sae']['name']}: the 6 most steerable latents")
-    rows = "".join(
-        f"<tr><td>{lat['latent']}</td><td>{lat['steerability'][s_idx]:.3g}</td><td>{lat['power'][s_idx]:.3g}</td>"
-        f"<td class=l>{html.escape(', '.join(w for w, _ in lat['promoted']))}</td>"
-        f"<td class=l>{html.escape(', '.join(w for w, _ in lat['demoted']))}</td></tr>" for lat in best)
-    table = ("<div class='tw'><table class='sortable'><thead><tr><th>latent</th><th>S</th><th>power</th>"
-             f"<th class=l>promoted</th><th class=l>demoted</th></tr></thead><tbody>{rows}</tbody></table></div>")
-    return figure_html(fig, top=80) + table
+    # Cells carry their numbers, so a header click sorts 0.012 before 0.5 (as text, "012" > "5" puts it after).
+    rows = [{"latent": lat["latent"],
+             "S": Cell(f"{lat['steerability'][s_idx]:.3g}", lat["steerability"][s_idx]),
+             "power": Cell(f"{lat['power'][s_idx]:.3g}", lat["power"][s_idx]),
+             "promoted": ", ".join(w for w, _ in lat["promoted"]),
+             "demoted": ", ".join(w for w, _ in lat["demoted"])} for lat in best]
+    return figure_html(fig, top=80) + table_html(rows, list(rows[0]) if rows else [], left=("promoted", "demoted"))
 
 
 def report(records: list[dict[str, Any]]) -> str:

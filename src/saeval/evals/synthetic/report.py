@@ -84,10 +84,8 @@ def report(records: list[dict]) -> str:
                 f"Densities: {html.escape(d['density_source'])} ({d['density_tokens']} tokens, "
                 f"{d['n_live_latents']} live latents).</p>")
         warn = "".join(f"<p class='note'>warning: {html.escape(w)}</p>" for w in d["warnings"])
-        if d.get("departures"):
-            items = "".join(f"<li>{html.escape(x)}</li>" for x in d["departures"])
-            warn += (f"<p class='note'>Rules: {html.escape(d.get('reference', 'saeval'))}; departures from "
-                     f"teren's code:</p><ul>{items}</ul>")
+        # The departures from teren's code are in the section's departures line.
+        warn += f"<p class='note'>Rules: {html.escape(d.get('reference', 'saeval'))}.</p>"
         parts += [note, warn, table_html(rows, list(rows[0]), left=("target",))]
 
         fig = make_subplots(rows=1, cols=2, subplot_titles=("MS step (L2) histogram", "MS step (L2) CDF"))
