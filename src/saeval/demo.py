@@ -23,7 +23,6 @@ DEMO_D_MODEL = 576  # SmolLM2-135M's width: sizes the demo dictionary (faithful'
 DEMO_HOOK = "blocks.15.hook_resid_post"
 DEMO_CORPUS = "sotu"
 DEMO_PRESET = FAITHFUL_PRESETS["demo"]
-DEMO_TRAIN_TOKENS = DEMO_PRESET["train_tokens"]
 DEMO_SEEDS = tuple(FaithfulConfig().seeds)
 DEMO_TRAIN = TrainConfig(**FaithfulTrainConfig(**DEMO_PRESET["train"]).model_dump(),
                          d_sae=DEMO_PRESET["expansion"] * DEMO_D_MODEL)
@@ -67,39 +66,20 @@ def demo_saes(host, seeds: tuple[int, ...] = DEMO_SEEDS) -> list:
     return [_renamed(trained[seed], demo_sae_name(seed)) for seed in seeds]
 
 
-def demo_sae_folders(host, seeds: tuple[int, ...] = DEMO_SEEDS) -> list[Path]:
-    """The cache folders holding the demo SAEs (SAELens format; trained first if missing). Loaded from there an
-    SAE is named by its folder; demo_saes names them demo_sae_name(seed)."""
-    from saeval.studies.faithful.run import _sae_folder
-
-    demo_saes(host, seeds)
-    return [_sae_folder(host, DEMO_HOOK, DEMO_CORPUS, demo_config(), seed) for seed in seeds]
-
-
 def synthetic_sae(host):
     """The small TopK SAE at SYNTH_HOOK, trained on the demo SAEs' training contexts, cached."""
-    from saeval.data.activations import ActivationCache
-    from saeval.data.cache import CacheKey, get_or_build
+    from saeval.data.cache import CacheKey
     from saeval.runner.fingerprints import corpus_fingerprint
-    from saeval.saes.formats import load_sae, save_sae
-    from saeval.saes.train import train_sae
-    from saeval.studies.faithful.run import split_contexts
+    from saeval.studies.faithful.run import cached_saes, split_contexts
 
     config = demo_config()
-    name = synth_sae_name()
     key = CacheKey("demo-saes", {
         "format": 1, "model": host.fingerprint(), "hook": SYNTH_HOOK,
         "corpus": [DEMO_CORPUS, corpus_fingerprint(DEMO_CORPUS)],
         "contexts": [config.train_tokens, config.eval_tokens, config.ctx_len, config.data_seed],
         "train": SYNTH_TRAIN.model_dump(mode="json")})
-
-    def train(tmp: Path) -> None:
-        train_contexts, _ = split_contexts(host, DEMO_CORPUS, config)
-        acts = ActivationCache.build(host, SYNTH_HOOK, DEMO_CORPUS, train_contexts)
-        sae, _ = train_sae(acts, acts.n_tokens, host.d_model, SYNTH_TRAIN, SYNTH_HOOK, DEMO_MODEL, name=name)
-        save_sae(sae, tmp / name)
-
-    return load_sae(get_or_build(key, train) / name)
+    return cached_saes(key, host, SYNTH_HOOK, DEMO_CORPUS, lambda: split_contexts(host, DEMO_CORPUS, config)[0],
+                       [SYNTH_TRAIN], [synth_sae_name()], DEMO_MODEL)[0]
 
 
 def run_demo(out_dir: Path, force: bool = False) -> Path:

@@ -19,6 +19,7 @@ SAEs of the "demo" preset (saeval.demo.demo_saes), so the demo trains them once 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,24 +83,31 @@ def _sae_folder(host, hook: str, corpus: str, config: FaithfulConfig, seed: int)
     return key.path / _sae_name(host, corpus, config, key, seed)
 
 
-def study_saes(host, hook: str, corpus: str, config: FaithfulConfig, train_contexts: Tensor) -> list:
-    """The two seeds' SAEs trained on ``train_contexts`` of ``corpus``, cached on disk in one entry: the
-    activations are captured once and both SAEs step through them together (saes.train.train_saes)."""
+def cached_saes(key: CacheKey, host, hook: str, corpus: str, contexts: Callable[[], Tensor],
+                configs: list[TrainConfig], names: list[str], model_name: str | None = None) -> list:
+    """The SAEs of ``configs`` trained together (saes.train.train_saes) on the activations of ``contexts()`` at
+    ``hook``, captured once, and cached in one entry under ``key``, a folder per name; ``contexts`` is called
+    only when the entry is missing."""
     from saeval.saes.formats import load_sae, save_sae
 
-    key = _saes_key(host, hook, corpus, config)
-    names = [_sae_name(host, corpus, config, key, seed) for seed in config.seeds]
-
     def train(tmp: Path) -> None:
-        acts = ActivationCache.build(host, hook, corpus, train_contexts)
-        base = sae_train_config(host, config)
-        configs = [base.model_copy(update={"seed": seed}) for seed in config.seeds]
-        for (sae, _), name in zip(train_saes(acts, acts.n_tokens, host.d_model, configs, hook, host.name, names),
-                                  names, strict=True):
+        acts = ActivationCache.build(host, hook, corpus, contexts())
+        trained = train_saes(acts, acts.n_tokens, host.d_model, configs, hook, model_name or host.name, names)
+        for (sae, _), name in zip(trained, names, strict=True):
             save_sae(sae, tmp / name)
 
     entry = get_or_build(key, train)
     return [load_sae(entry / name) for name in names]
+
+
+def study_saes(host, hook: str, corpus: str, config: FaithfulConfig, train_contexts: Tensor) -> list:
+    """The two seeds' SAEs trained on ``train_contexts`` of ``corpus``, cached on disk in one entry: the
+    activations are captured once and both SAEs step through them together (saes.train.train_saes)."""
+    key = _saes_key(host, hook, corpus, config)
+    base = sae_train_config(host, config)
+    configs = [base.model_copy(update={"seed": seed}) for seed in config.seeds]
+    names = [_sae_name(host, corpus, config, key, seed) for seed in config.seeds]
+    return cached_saes(key, host, hook, corpus, lambda: train_contexts, configs, names)
 
 
 def _match(a, b, threshold: float) -> PairMatch:
