@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from saeval.cli import app
 from saeval.evals import EvalContext, get_eval
-from saeval.interop.saebench import SAEVAL_RELEASE, file_name, imported_records, parse_release, sae_lens_ids
+from saeval.interop.saebench import SAEVAL_RELEASE, file_name, imported_records, sae_lens_ids
 from saeval.interop.saebench_check import categories_of, missing_metric_keys, output_model, validate_file
 from saeval.interop.saebench_map import SAEBENCH_EVALS
 from saeval.io import write_json_atomic
@@ -174,6 +174,24 @@ def test_export_leaves_out_a_result_saebench_cannot_hold(real_results, tmp_path)
     assert code == 2 and "must not be the results folder" in text
 
 
+def test_export_reads_each_config_through_its_eval_model(real_results, tmp_path):
+    """A result written before a config field existed exports with that field's default; a config that does not
+    fit its eval is one line, not a traceback."""
+    results = tmp_path / "r"
+    shutil.copytree(real_results, results)
+    record = json.loads((results / "s1" / "core.json").read_text())
+    del record["config"]["batch_size"]
+    write_json_atomic(results / "s1" / "core.json", record)
+    broken = json.loads((results / "s1" / "tpp.json").read_text())
+    broken["config"]["train_set_size"] = "many"
+    write_json_atomic(results / "s1" / "tpp.json", broken)
+    code, text = _cli("export", "saebench", results, tmp_path / "d")
+    assert code == 1 and "tpp.json: not exported: tpp.train_set_size: Input should be a valid integer" in text, text
+    core = json.loads((tmp_path / "d" / "core" / "saeval_s1_eval_results.json").read_text())
+    default = get_eval("core").config_cls.model_fields["batch_size"].default
+    assert core["eval_config"]["batch_size_prompts"] == default
+
+
 def _saebench_core_file(**metric_changes) -> dict:
     """A core result as SAEBench writes it: built with its own dataclasses, dumped with asdict."""
     from sae_bench.evals.core import eval_output as co
@@ -255,11 +273,10 @@ def test_report_shows_the_imported_sae(real_results, tmp_path):
 
 
 def test_sae_ids_follow_saelens_release_or_saeval():
-    from saeval.saes.formats.pretrained import parse_release as saes_parse
-
-    for text in ("gemma-scope-2b-pt-res:layer_12/width_16k/average_l0_82", "org/repo:sae", "./local/sae",
-                 "/abs/path", "plain", '{"release": "r", "sae_id": "a/b"}', "a:"):
-        assert parse_release(text) == saes_parse(text), text
+    ids = {"org/repo:sae": ("org/repo", "sae"), '{"release": "r", "sae_id": "a/b"}': ("r", "a/b"),
+           "./local/sae": None, "/abs/path": None, "plain": None, "a:": None, '{"release": "r"}': None, "{bad": None}
+    for path, expected in ids.items():  # a path, or an id load_sae would refuse, is not a release
+        assert sae_lens_ids({"sae": {"name": "mine", "path": path}}) == (expected or ("saeval", "mine")), path
     pretrained = {"sae": {"name": "gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82",
                           "path": "gemma-scope-2b-pt-res:layer_12/width_16k/average_l0_82"}}
     release, sae_id = sae_lens_ids(pretrained)

@@ -44,6 +44,7 @@ from saeval.interop.saebench_map import BY_TYPE_ID, SAEBENCH_EVALS, SAEBenchEval
 from saeval.io import write_json_atomic
 from saeval.results import read_result, result_files
 from saeval.runner.names import IMPORTED_FOLDER
+from saeval.saes.release_id import parse_release
 
 FORMAT = "saebench"
 SAEVAL_RELEASE = "saeval"
@@ -59,23 +60,16 @@ def sae_lens_ids(record: dict[str, Any]) -> tuple[str, str]:
     """(release, sae_id): a SAELens ``release:sae_id`` the SAE was loaded from, else ("saeval", its name)."""
     sae = record.get("sae") or {}
     path = sae.get("path") or (record.get("provenance") or {}).get("sae_path")
-    parsed = parse_release(path) if isinstance(path, str) else None
+    parsed = _release_of(path) if isinstance(path, str) else None
     return parsed or (SAEVAL_RELEASE, sae.get("name") or "sae")
 
 
-def parse_release(text: str) -> tuple[str, str] | None:
-    """saeval.saes.formats.pretrained.parse_release without importing torch (the test checks they agree)."""
-    text = text.strip()
-    if text.startswith("{"):
-        try:
-            spec = json.loads(text)
-        except json.JSONDecodeError:
-            return None
-        ok = isinstance(spec, dict) and spec.get("release") and spec.get("sae_id")
-        return (str(spec["release"]), str(spec["sae_id"])) if ok else None
-    release, sep, sae_id = text.partition(":")
-    looks_like_path = release.startswith(("/", ".", "~"))
-    return (release, sae_id) if sep and release and sae_id and not looks_like_path else None
+def _release_of(path: str) -> tuple[str, str] | None:
+    """The SAELens (release, sae_id) of a path that is a release id; None for a path or a malformed id."""
+    try:
+        return parse_release(path)
+    except SaevalError:  # a malformed JSON id: the SAE did not come from a release
+        return None
 
 
 def file_name(release: str, sae_id: str) -> str:
@@ -145,10 +139,13 @@ def _full_saebench_config(entry: SAEBenchEval, values: dict[str, Any]) -> tuple[
 def to_saebench(record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """(eval_type_id, SAEBench-format payload) of one saeval result record; SaevalError when SAEBench requires a
     number the record lacks (e.g. core's CE/KL scores without compute_ce)."""
-    from saeval.evals.base import get_eval
+    from saeval.evals.base import get_eval, validate_config
 
-    name = record.get("eval")
-    spec = get_eval(str(name))
+    spec = get_eval(str(record.get("eval")))
+    # The config as the eval reads it: a field added since the result was written gets its default (the tables
+    # index config fields), and a config that no longer fits is one line, not a KeyError.
+    config = validate_config(spec.name, spec.config_cls, record.get("config") or {}).model_dump(mode="json")
+    record = {**record, "config": config}
     metrics = record.get("metrics") or {}
     release, sae_id = sae_lens_ids(record)
     entry = SAEBENCH_EVALS.get(spec.name)
@@ -175,7 +172,7 @@ def to_saebench(record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         "eval_type_id": type_id, "eval_config": config, "eval_id": _eval_id(record),
         "datetime_epoch_millis": _epoch_millis(record), "eval_result_metrics": categories,
         "eval_result_details": details, "sae_bench_commit_hash": COMMIT_MARKER, "sae_lens_id": sae_id,
-        "sae_lens_release_id": release, "sae_lens_version": versions.get("sae_lens") or versions.get("sae-lens"),
+        "sae_lens_release_id": release, "sae_lens_version": versions.get("sae-lens"),
         "sae_cfg_dict": sae_cfg_dict(record), "eval_result_unstructured": _unstructured(record, placed, mapping),
     }
     return type_id, payload
@@ -212,8 +209,7 @@ def export_saebench(results_dir: Path, dest: Path) -> Outcome:
         out.notes.append(f"SAEBench is not installed: files are written unchecked ({INSTALL_HINT} to check them)")
     for path in files:
         try:
-            record = read_result(path)
-            type_id, payload = to_saebench(record)
+            type_id, payload = to_saebench(read_result(path))
             if check:
                 validate_file(payload)
         except SaevalError as err:
