@@ -13,6 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from saeval.flatten import flatten
 from saeval.hashing import json_digest, module_fingerprint, tree_digest
 
 
@@ -73,18 +74,9 @@ def config_hash(inputs: dict[str, Any]) -> str:
     return json_digest(inputs)
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: value}
-
-
 def describe_changes(old: dict[str, Any], new: dict[str, Any], limit: int = 4) -> str:
     """``config.n_eval_tokens 4096 -> 8192, sae changed`` from two hash-input dicts."""
-    a, b = _flatten(old), _flatten(new)
+    a, b = flatten(old), flatten(new)
     changed = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     if not changed:
         return "stored result has no matching hash"
@@ -105,6 +97,14 @@ def _version(package: str) -> str:
         return "not installed"
 
 
+def _versions() -> dict[str, str]:
+    """saeval, torch and transformers always; sae-lens (optional) only when installed."""
+    versions = {p: _version(p) for p in ("saeval", "torch", "transformers")}
+    if (sae_lens := _version("sae-lens")) != "not installed":
+        versions["sae-lens"] = sae_lens
+    return versions
+
+
 def provenance(ctx, sae, sae_path: str | None, inputs: dict[str, Any]):
     from saeval.results import Provenance
 
@@ -116,7 +116,6 @@ def provenance(ctx, sae, sae_path: str | None, inputs: dict[str, Any]):
         model=getattr(host, "name", None), model_fingerprint=inputs["model"], model_revision=revision,
         hook=ctx.hook, corpus=ctx.corpus, corpus_fingerprint=inputs["corpus"]["content"], seed=ctx.seed,
         device=inputs["device"], dtype=inputs["dtype"],
-        versions={p: v for p in ("saeval", "torch", "transformers", "sae-lens")
-                  if (v := _version(p)) != "not installed" or p != "sae-lens"},
+        versions=_versions(),
         command=shlex.join(sys.argv),
     )
