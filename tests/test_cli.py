@@ -196,3 +196,26 @@ def test_a_broken_sae_among_good_ones_is_recorded_and_the_others_run(tmp_path, t
     assert (out / "good" / "core.json").exists() and not (out / "bad").exists()
     code, text = _run("run", "--model", str(tiny_model_dir), "--sae", str(bad), "--preset", "tiny", "--out", str(out))
     assert code == 2 and "W_dec has 1 NaN" in text  # alone, it is bad input: one line, nothing run
+
+
+def test_cli_refuses_a_transcoder_in_one_line_before_any_forward(tmp_path, tiny_model_dir, monkeypatch):
+    sl = pytest.importorskip("sae_lens")
+    from sae_lens.saes.sae import SAEMetadata
+
+    from saeval.hosts.lm import LanguageHost
+
+    def no_forward(*_, **__):
+        raise AssertionError("the model ran before the transcoder was refused")
+
+    for method in ("forward", "capture"):
+        monkeypatch.setattr(LanguageHost, method, no_forward)
+    meta = SAEMetadata(model_name="tiny", hook_name="blocks.1.hook_resid_pre", hook_name_out="blocks.1.hook_mlp_out")
+    tc = sl.Transcoder(sl.TranscoderConfig(d_in=64, d_out=64, d_sae=128, apply_b_dec_to_input=False, metadata=meta))
+    tc.save_model(tmp_path / "tc")
+    out = tmp_path / "o"
+    code, output = _run("run", "--model", str(tiny_model_dir), "--sae", str(tmp_path / "tc"),
+                        "--evals", "steerability", "--preset", "tiny", "--out", str(out))
+    text = " ".join(output.split())
+    assert code == 2, output
+    assert "eval steerability clamps a latent" in text and "run only core on transcoders" in text, text
+    assert not out.exists() or not list(out.rglob("*.json"))

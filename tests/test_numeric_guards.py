@@ -12,22 +12,14 @@ import torch
 from safetensors.torch import save_file
 
 from saeval.analysis.reconstruction import ReconstructionStats, guard_metrics
-from saeval.errors import SaevalError
 from saeval.evals import EvalContext
 from saeval.evals.core import SPEC
 from saeval.results import write_result
 from saeval.saes import SAEConfig, create_sae, load_sae, save_sae
+from tests.helpers import error_of
 
 HOOK = "blocks.1.hook_resid_post"
 D, F, K = 16, 32, 4
-
-
-def error_of(fn, *args) -> str:
-    with pytest.raises(SaevalError) as info:
-        fn(*args)
-    msg = str(info.value)
-    assert "\n" not in msg, "SaevalError messages are one line"
-    return msg
 
 
 def random_sae(arch: str = "relu", d_in: int = D, d_sae: int = F, seed: int = 0, **cfg):

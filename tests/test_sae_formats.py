@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from saeval.errors import SaevalError
 from saeval.saes import SAEConfig, create_sae, load_sae, save_sae, wrap_sae
+from tests.helpers import error_of
 
 D, F, K = 16, 64, 5
 ATOL = 1e-6
@@ -87,14 +88,6 @@ def assert_matches(sae, w: dict[str, Tensor], x: Tensor, f_ref: Tensor) -> None:
         f = sae.encode(x)
         assert torch.allclose(f, f_ref, atol=ATOL), (f - f_ref).abs().max()
         assert torch.allclose(sae.decode(f), ref_decode(w, f_ref), atol=ATOL)
-
-
-def error_of(fn, *args) -> str:
-    with pytest.raises(SaevalError) as info:
-        fn(*args)
-    msg = str(info.value)
-    assert "\n" not in msg, "SaevalError messages are one line"
-    return msg
 
 
 # ---------------------------------------------------------------- writers in each library's layout

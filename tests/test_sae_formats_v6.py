@@ -14,11 +14,11 @@ import pytest
 import torch
 from torch import Tensor
 
-from saeval.errors import SaevalError
 from saeval.results import SAEInfo
 from saeval.runner.fingerprints import sae_fingerprint
 from saeval.runner.plan import check_transcoder_evals, resolve_evals
 from saeval.saes import SAEConfig, create_sae, load_sae, save_sae, wrap_sae
+from tests.helpers import error_of
 
 sl = pytest.importorskip("sae_lens")
 from sae_lens.saes.sae import SAEMetadata  # noqa: E402
@@ -42,14 +42,6 @@ def _fill(module, seed: int = 0, threshold: float = 0.3) -> None:
                 p.copy_(torch.rand(p.shape, generator=g) * threshold)
             else:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.4)
-
-
-def error_of(fn, *args) -> str:
-    with pytest.raises(SaevalError) as info:
-        fn(*args)
-    msg = str(info.value)
-    assert "\n" not in msg, "SaevalError messages are one line"
-    return msg
 
 
 # ---------------------------------------------------------------- transcoders
@@ -293,34 +285,3 @@ def test_runner_refuses_transcoders_for_evals_other_than_core(tmp_path):
                      r"blocks.1.hook_mlp_out\).*tpp.*run only core on transcoders \(--evals core\)$", msg), msg
     plain = create_sae(SAEConfig(architecture="relu", d_in=D_IN, d_sae=F))
     check_transcoder_evals(plain, resolve_evals(["steerability"], "tiny"))  # an SAE passes
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, tiny_host):
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tiny_host.model.save_pretrained(folder)
-    tiny_host.tokenizer.save_pretrained(folder)
-    return folder
-
-
-def test_cli_refuses_a_transcoder_in_one_line_before_any_forward(tmp_path, tiny_model_dir, monkeypatch):
-    from typer.testing import CliRunner
-
-    from saeval.cli import app
-    from saeval.hosts.lm import LanguageHost
-
-    def no_forward(*_, **__):
-        raise AssertionError("the model ran before the transcoder was refused")
-
-    for method in ("forward", "capture"):
-        monkeypatch.setattr(LanguageHost, method, no_forward)
-    meta = SAEMetadata(model_name="tiny", hook_name=HOOK_IN, hook_name_out=HOOK_OUT)
-    tc = sl.Transcoder(sl.TranscoderConfig(d_in=64, d_out=64, d_sae=128, apply_b_dec_to_input=False, metadata=meta))
-    tc.save_model(tmp_path / "tc")
-    out = tmp_path / "o"
-    result = CliRunner().invoke(app, ["run", "--model", str(tiny_model_dir), "--sae", str(tmp_path / "tc"),
-                                      "--evals", "steerability", "--preset", "tiny", "--out", str(out)])
-    text = " ".join(result.output.split())
-    assert result.exit_code == 2, result.output
-    assert "eval steerability clamps a latent" in text and "run only core on transcoders" in text, text
-    assert not list(out.rglob("*.json")) if out.exists() else True
