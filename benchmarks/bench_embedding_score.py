@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
+from _common import bare_forward_seconds
 
 import saeval.evals.embedding_score.run as emb_run
 import saeval.evals.self_explanation.explain as explain
@@ -49,19 +49,11 @@ def main() -> None:
                          (emb_run, "collect_windows"), (emb_run, "embedding_scores")):
         timed(module, name)
     host = LanguageHost.load("smollm2-135m")
-    tokens = torch.randint(100, 1000, (8, 128), generator=torch.Generator().manual_seed(0))
-
-    def bare() -> float:
-        start = time.time()
-        host.forward(tokens)
-        return time.time() - start
-
-    bare()  # warm-up
     spec = get_eval("embedding_score")
     config = spec.config("demo", n_latents=args.n_latents)
     ctx = EvalContext(host=host, hook=DEMO_HOOK, corpus=DEMO_CORPUS, preset="demo")
     for sae in demo_saes(host):
-        unit = min(bare(), bare())
+        unit = bare_forward_seconds(host, repeats=2)
         PHASES.clear()
         start = time.time()
         result = spec.run_fn()(ctx, sae, config)

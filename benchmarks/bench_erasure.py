@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from _common import random_topk_sae
 
 from saeval.analysis import erasure
 from saeval.analysis.erasure import tokenize_examples
@@ -27,7 +28,6 @@ from saeval.evals.shift import SPEC as SHIFT
 from saeval.evals.tpp import SPEC as TPP
 from saeval.hosts import LanguageHost
 from saeval.results import write_result
-from saeval.saes import SAEConfig, create_sae
 
 HOOK = "blocks.15.hook_resid_post"
 SPECS = {spec.name: spec for spec in (TPP, SCR, SHIFT)}
@@ -38,15 +38,7 @@ def saes_for(host, n: int) -> tuple[list, str]:
 
     if n <= len(DEMO_SEEDS):  # trained (about 40 s) and cached when missing
         return demo_saes(host, DEMO_SEEDS[:n]), "demo SAEs"
-    out = []
-    for s in range(n):
-        torch.manual_seed(s)
-        sae = create_sae(SAEConfig(architecture="topk", d_in=host.d_model, d_sae=4608, k=32, hook_name=HOOK,
-                                   name=f"random-topk-{s}"))
-        with torch.no_grad():
-            sae.W_dec.copy_(torch.nn.functional.normalize(torch.randn(4608, host.d_model), dim=-1))
-            sae.W_enc.copy_(sae.W_dec.T)
-        out.append(sae)
+    out = [random_topk_sae(host, HOOK, s, f"random-topk-{s}") for s in range(n)]
     return out, "random TopK SAEs (demo SAEs not cached)"
 
 

@@ -23,36 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def bare_forward_seconds(host, repeats: int = 3) -> float:
-    import torch
-
-    tokens = torch.randint(100, 10_000, (8, 128), generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        host.forward(tokens)
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            host.forward(tokens)
-            best = min(best, time.perf_counter() - start)
-    return best
+from _common import bare_forward_seconds, random_topk_sae
 
 
 def random_saes(host, hook: str) -> list:
-    import torch
-
-    from saeval.saes.base import SAEConfig, create_sae
-
-    saes = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        sae = create_sae(SAEConfig(architecture="topk", d_in=host.d_model, d_sae=4608, k=32, hook_name=hook,
-                                   name=f"bench-random-{seed}"))
-        with torch.no_grad():
-            sae.W_dec.copy_(torch.nn.functional.normalize(torch.randn(4608, host.d_model), dim=-1))
-            sae.W_enc.copy_(sae.W_dec.T)
-        saes.append(sae)
-    return saes
+    return [random_topk_sae(host, hook, seed, f"bench-random-{seed}") for seed in (0, 1)]
 
 
 def main() -> None:

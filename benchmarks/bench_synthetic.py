@@ -17,6 +17,7 @@ import os
 import time
 
 import torch
+from _common import random_topk_sae
 
 os.environ.setdefault("SAEVAL_QUIET", "1")
 
@@ -48,7 +49,6 @@ def main() -> None:
     from saeval.evals.synthetic import SPEC
     from saeval.evals.synthetic.run import LastPositionRunner, run
     from saeval.hosts import LanguageHost
-    from saeval.saes.base import SAEConfig, create_sae
 
     host = LanguageHost.load("smollm2-135m")
     hook, final = DEMO_HOOK, f"blocks.{host.n_layers - 1}.hook_resid_post"
@@ -87,15 +87,6 @@ def main() -> None:
     # The eval at demo sizes on a few samples with random TopK SAEs (the speed does not depend on the SAE):
     # a cold run (prompts, densities, Gaussian) and a second SAE at the same hook (memoised prompts and the
     # SAE-independent real/random curves), as in `saeval demo`.
-    def random_sae(seed: int):
-        torch.manual_seed(seed)
-        sae = create_sae(SAEConfig(architecture="topk", d_in=host.d_model, d_sae=4608, k=32, hook_name=hook,
-                                   name=f"bench-random-{seed}"))
-        with torch.no_grad():
-            sae.W_dec.copy_(torch.nn.functional.normalize(torch.randn(4608, host.d_model), dim=-1))
-            sae.W_enc.copy_(sae.W_dec.T)
-        return sae
-
     if args.samples < 2:
         return
     config = SPEC.config("demo", n_samples=args.samples)
@@ -104,7 +95,7 @@ def main() -> None:
     bare_per_sample = per_sample_rows / (args.rows / t_full)
     for label, seed in (("cold (first SAE)", 0), ("warm (second SAE)", 1)):
         start = time.perf_counter()
-        run(ctx, random_sae(seed), config)
+        run(ctx, random_topk_sae(host, hook, seed, f"bench-random-{seed}"), config)
         seconds = time.perf_counter() - start
         bare = bare_per_sample * args.samples
         print(f"eval {label}, demo sizes, {args.samples} samples: {args.samples / seconds:.3f} samples/s; "
