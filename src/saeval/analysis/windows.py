@@ -18,7 +18,6 @@ the hook depends on no SAE: ``shared_host`` keeps it in the run's memo so the ne
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from saeval.analysis.window_records import CRITERIA, ActExample, LatentWindows
 from saeval.data.activations import check_finite
 from saeval.data.corpora import load_contexts
 from saeval.errors import SaevalError
+from saeval.hashing import tensors_fingerprint
 from saeval.progress import track
 
 
@@ -357,8 +357,7 @@ class SharedCapture:
                 interventions=None) -> dict[str, Tensor]:
         if list(hooks) != [self._hook] or attention_mask_BL is not None or interventions:
             return self._host.capture(tokens_BL, hooks, attention_mask_BL, interventions)
-        key = hashlib.blake2b(tokens_BL.cpu().numpy().tobytes(), digest_size=16).hexdigest() + str(
-            tuple(tokens_BL.shape))
+        key = tensors_fingerprint([("tokens", tokens_BL)])  # content, dtype and shape
         if key not in self._store:
             self._store[key] = self._host.capture(tokens_BL, hooks)[self._hook]
         return {self._hook: self._store[key]}
