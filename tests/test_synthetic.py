@@ -444,16 +444,20 @@ def test_memo_shared_across_saes_changes_nothing(tiny_runs):
 
 
 def test_second_sae_prepares_no_prompt(tiny_host, monkeypatch):
-    """The prompts' cached prefixes (and the fast-path check) depend on no SAE: only the first SAE runs them."""
-    calls = []
-    real = tiny_host.prefix_last
+    """The prompts' cached prefixes (and the fast-path check), their activations and the density pass's forward
+    depend on no SAE: only the first SAE runs them."""
+    calls, captures = [], []
+    real, real_capture = tiny_host.prefix_last, tiny_host.capture
     monkeypatch.setattr(tiny_host, "prefix_last", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(tiny_host, "capture", lambda *a, **k: captures.append(1) or real_capture(*a, **k))
     cfg = SPEC.config("tiny", plateau=False)
     ctx = EvalContext(host=tiny_host, hook=HOOK, corpus="sotu", preset="tiny")
     run(ctx, random_sae(), cfg)
     assert len(calls) == cfg.n_samples + 1  # each base prompt, and the check against a plain forward
+    n_captures = len(captures)
     run(ctx, random_sae(seed=1, name="rand-b"), cfg)
     assert len(calls) == cfg.n_samples + 1
+    assert len(captures) == n_captures  # the prompts' and the density pass's activations come from the memo
     run(ctx, random_sae(), cfg.model_copy(update={"prompt_len": cfg.prompt_len + 2}))  # other prompts: prepared
     assert len(calls) == 2 * (cfg.n_samples + 1)
 
@@ -503,3 +507,16 @@ def test_smollm2_cached_runner_and_tiny_run(smollm2):
     warnings = " ".join(result.details.warnings)
     assert "singular" in warnings and "cached" not in warnings  # 80 prompts < 576 dims; fast path agreed
     assert result.details.step_size == pytest.approx(result.details.median_real_distance / 100)
+
+
+def test_sae_free_curves_are_not_shared_across_gaussian_fits(tiny_host):
+    """The random targets are drawn from the Gaussian fit: a run with another cov_eps in the same memo gives what
+    it gives alone, not the first fit's curves."""
+    cfg = SPEC.config("tiny", plateau=False, n_fit=40)  # fewer samples than dimensions: cov_eps floors the fit
+    other = cfg.model_copy(update={"cov_eps": 0.5})  # lifts the small eigenvalues: other random targets
+    ctx = EvalContext(host=tiny_host, hook=HOOK, corpus="sotu", preset="tiny")
+    first = run(ctx, random_sae(), cfg)
+    shared = run(ctx, random_sae(), other)
+    alone = run(EvalContext(host=tiny_host, hook=HOOK, corpus="sotu", preset="tiny"), random_sae(), other)
+    curves = [r.details.examples["random"]["l2"] for r in (first, shared, alone)]  # L2 curves along the steps
+    assert curves[1] == curves[2] and curves[0] != curves[2]

@@ -30,13 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from saeval.analysis.windows import shared_host
 from saeval.data.activations import stream_activations
 from saeval.data.corpora import load_contexts
 from saeval.errors import SaevalError
 from saeval.progress import track
-
-# Keep corpus activations in the per-run memo (shared by every SAE at the hook) only below this many floats.
-MEMO_MAX_FLOATS = 64_000_000
 
 
 @dataclass
@@ -83,28 +81,16 @@ def latent_density(ctx, sae, hook: str, n_tokens: int, ctx_len: int, batch_size:
 
 @torch.inference_mode()
 def _count_firings(ctx, sae, hook: str, n_tokens: int, ctx_len: int, batch_size: int) -> tuple[Tensor, int]:
+    """Firing counts over the ordinary tokens of ``n_tokens`` corpus tokens; the forward to the hook is the same
+    for every SAE at the hook, so it goes through the run's memo (windows.shared_host) when small."""
     host = ctx.host
-    key = ("synthetic-density-acts", host.name, hook, ctx.corpus, n_tokens, ctx_len, ctx.seed)
+    contexts = load_contexts(host, ctx.corpus, n_tokens, ctx_len, ctx.seed)
     counts = torch.zeros(sae.d_sae, dtype=torch.float64)
     n_seen = 0
-    cached = ctx.memo.get(key)
-    if cached is None:
-        contexts = load_contexts(host, ctx.corpus, n_tokens, ctx_len, ctx.seed)
-        keep = len(contexts) * ctx_len * host.d_model <= MEMO_MAX_FLOATS
-        batches = []
-        n_batches = -(-len(contexts) // batch_size)
-        for batch in track(stream_activations(host, hook, contexts, batch_size),
-                           f"synthetic {sae.name}: latent density", total=n_batches):
-            acts = batch.flat()
-            batches.append(acts) if keep else None
-            f = sae.encode(acts.to(sae.W_enc.device))
-            counts += (f > 0).sum(0).double().cpu()
-            n_seen += len(f)
-        if keep:
-            ctx.memo[key] = batches
-        return counts, n_seen
-    for acts in cached:
-        f = sae.encode(acts.to(sae.W_enc.device))
+    n_batches = -(-len(contexts) // batch_size)
+    for batch in track(stream_activations(shared_host(host, hook, contexts, ctx.memo), hook, contexts, batch_size),
+                       f"synthetic {sae.name}: latent density", total=n_batches):
+        f = sae.encode(batch.flat().to(sae.W_enc.device))
         counts += (f > 0).sum(0).double().cpu()
         n_seen += len(f)
     return counts, n_seen

@@ -40,7 +40,6 @@ from scipy.stats import ks_2samp
 from torch import Tensor
 
 from saeval.analysis.synthetic_targets import (
-    MEMO_MAX_FLOATS,
     baseline_latents,
     check_live,
     fit_gaussian,
@@ -50,6 +49,7 @@ from saeval.analysis.synthetic_targets import (
     teren_structured_latents,
     unit_decoder,
 )
+from saeval.analysis.windows import MEMO_MAX_FLOATS
 from saeval.data.activations import check_finite
 from saeval.data.corpora import load_contexts
 from saeval.errors import SaevalError
@@ -390,9 +390,11 @@ def run(ctx: EvalContext, sae, config: SyntheticConfig) -> SyntheticResult:
     plateau_curves: dict[str, list[Tensor]] = {t: [] for t in plateau_types}
     examples: dict[str, dict[str, list[list[float]]]] = {t: {"l2": [], "kl": [], "plateau_l2": []}
                                                          for t in TARGET_TYPES}
-    # Real and random targets do not depend on the SAE: the next SAE at this hook reuses their curves.
+    # Real and random targets do not depend on the SAE: the next SAE at this hook reuses their curves (the random
+    # targets and plateau ends are drawn from the Gaussian fit, so cov_eps is in the key; fast_path, which passes
+    # compute them).
     shared_key = ("synthetic-curves", host.name, hook, ctx.corpus, ctx.seed, config.prompt_len, n, config.n_fit,
-                  n_steps, step, config.relative, config.plateau)
+                  n_steps, step, config.relative, config.plateau, config.cov_eps, config.fast_path)
     shared: dict[int, dict] = ctx.memo.setdefault(shared_key, {})
     final_norms, at_end = [], 0
     for i in track(range(n), f"synthetic {sae.name}: perturbations", n):
