@@ -15,7 +15,6 @@ for LMs only V's rows of the unembedding are applied (host.vocab_logits_BLV), at
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -178,24 +177,26 @@ def sweep_batch_size(config: SteerabilityConfig, n_strengths: int) -> int:
     return max(1, min(config.batch_size, config.max_rows // n_strengths))
 
 
-# The config fields the readout and its unsteered pass depend on (not the latents, strengths' values or
-# thresholds): SAEs of one run that agree on them share both through the run's memo.
-CLEAN_FIELDS = ("vocab", "vocab_size", "n_inputs", "prompt_len", "readout", "steer_special_tokens", "lm_concepts",
-                "images", "text_template", "softmax_scale", "batch_size", "max_rows")
+# The config fields that act only on the sweep after the hook (latents, strength values, thresholds) or only
+# through its batch size: every other field may change the readout or its unsteered pass, so it is in the memo
+# key (a field added later splits the memo instead of sharing a stale pass).
+SWEEP_ONLY_FIELDS = {"strengths", "summary_strength", "n_latents", "latents", "steerable_threshold", "top_k_concepts",
+                     "batch_size", "max_rows"}
 
 
 def shared_clean(ctx: EvalContext, config: SteerabilityConfig, n_strengths: int, scale: float):
     """(readout, its unsteered pass): built once per run for the context's host, hook, corpus and seed."""
     host = ctx.host
-    key = ("steerability-clean", ctx.hook, ctx.corpus, ctx.seed, n_strengths,
-           json.dumps(config.model_dump(include=set(CLEAN_FIELDS), mode="json"), sort_keys=True))
+    batch_size = sweep_batch_size(config, n_strengths)
+    key = ("steerability-clean", ctx.hook, ctx.corpus, ctx.seed, batch_size,
+           config.model_dump_json(exclude=SWEEP_ONLY_FIELDS))
     if key not in ctx.memo:
         words = load_vocab(config.vocab, config.vocab_size)
         if getattr(host, "kind", "lm") == "clip":
             readout: LMReadout | CLIPReadout = CLIPReadout(host, ctx.hook, words, config, ctx.seed)
         else:
             readout = LMReadout(host, ctx.hook, words, config, ctx.corpus, ctx.seed)
-        ctx.memo[key] = (readout, clean_pass(readout, sweep_batch_size(config, n_strengths), scale))
+        ctx.memo[key] = (readout, clean_pass(readout, batch_size, scale))
     return ctx.memo[key]
 
 
