@@ -8,8 +8,8 @@ what each way of meeting the clean distribution in KL costs per SAE: the project
 run + a d_model-wide dot), clean log-probs kept in fp16 (one spliced run + an elementwise KL over the
 vocabulary; 2 bytes x V per position), and no clean state (the clean run again beside the spliced one).
 
-Uses the cached demo SAEs when they exist (it does not train them), else random TopK SAEs of the same shape; SAEs
-beyond those are random TopK SAEs too. A private empty cache folder keeps the run honest.
+Uses the demo SAEs for the demo seeds (trained, about 40 s, and cached when missing); SAEs beyond those are
+random TopK SAEs of the same shape. A private empty cache folder keeps the run honest.
 Usage: python benchmarks/bench_core_shared.py [--saes 2] [--preset demo] [--unshared N]
 """
 

@@ -86,8 +86,9 @@ def test_density_tokens_cover_the_eval_tokens(tiny_host):
 
 
 def test_cross_data_metrics_agree_with_core(tiny_host):
-    """Core and FaithfulSAE's cross-data metrics share one reconstruction loop: on the same contexts they report
-    the same reconstruction error and the same clean and spliced CE."""
+    """Core (shared per-run passes) and FaithfulSAE's cross-data metrics (reconstruction_batches, per SAE) share
+    their statistics and CE: on the same contexts they report the same reconstruction error and clean and spliced
+    CE."""
     torch.manual_seed(0)
     sae = create_sae(SAEConfig(architecture="topk", d_in=tiny_host.d_model, d_sae=128, k=8, hook_name=HOOK,
                                name="topk"))

@@ -450,7 +450,7 @@ def cross_data_metrics(
         raise SaevalError(f"SAE {sae.name} names no hook: pass hook=")
     contexts = load_contexts(host, corpus, n_tokens, ctx_len, seed) if contexts_NL is None else contexts_NL
     stats = ReconstructionStats(sae.d_in, sae.d_sae)
-    losses = SpliceLosses(zero_ablation=False)
+    losses = SpliceLosses()
     sums = np.zeros(5)  # err, err^2, x, x^2, element count
     for batch in reconstruction_batches(host, sae, hook, contexts, batch_size, stats, losses,
                                         f"cross-data {sae.name} on {corpus}"):

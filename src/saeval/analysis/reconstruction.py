@@ -3,12 +3,12 @@
 The pieces core and FaithfulSAE's cross-data metrics share: :class:`ReconstructionStats`, :func:`next_token_stats`
 (next-token CE and KL(clean || run) as SAELens takes them), :func:`guard_metrics` and :class:`SpliceLosses`.
 ``reconstruction_batches`` is the per-SAE loop cross_data_metrics runs: per batch of contexts it encodes the
-ordinary tokens' activations, accumulates the statistics and, given a SpliceLosses, the CE/KL of the clean run,
-the run with the reconstruction spliced in and (optionally) the run with zeros spliced in, stacked in one pass.
-Core computes the clean and zero-ablated runs once per run instead (evals/core/shared.py) and meets the clean
-distribution through :class:`CleanDistribution`. Special tokens are excluded from every statistic and keep their
-original activation in the reconstruction run; the zero-ablated run zeroes them too unless told otherwise
-(SAELens's get_recons_loss does, so its ablation also removes the BOS attention sink).
+ordinary tokens' activations, accumulates the statistics and, given a SpliceLosses, the CE/KL of the clean run
+and the run with the reconstruction spliced in, stacked in one pass (:func:`clean_beside_spliced`). Core computes
+the clean and zero-ablated runs once per run instead (evals/core/shared.py) and meets the clean distribution
+through :class:`CleanDistribution`, or reruns it with the same stacked pass. Special tokens are excluded from
+every statistic and keep their original activation in the reconstruction run; core's zero-ablated run zeroes them
+too unless told otherwise (SAELens's get_recons_loss does, so its ablation also removes the BOS attention sink).
 """
 
 from __future__ import annotations
@@ -185,7 +185,6 @@ def splice(acts_BLD: Tensor, replacement_BLD: Tensor, mask_BL: Tensor) -> Tensor
     return torch.where(mask, replacement_BLD.to(acts_BLD.device, acts_BLD.dtype), acts_BLD)
 
 
-ZeroAblationPositions = Literal["all", "ordinary"]
 KLPositions = Literal["ordinary", "with_next_token"]
 
 
@@ -264,18 +263,31 @@ def next_token_stats(logits_BLV: Tensor, clean: Tensor | CleanDistribution, toke
             int(kl_keep.sum()))
 
 
+def with_reconstruction(acts_BLD: Tensor, mask_BL: Tensor, xhat_ND: Tensor) -> Tensor:
+    """``acts`` with ``xhat`` at the ordinary tokens (``mask``); special tokens keep their activation."""
+    recon = acts_BLD.clone()
+    recon[mask_BL] = xhat_ND.to(recon.dtype)
+    return recon
+
+
+def clean_beside_spliced(host, state, acts_BLD: Tensor, recon_BLD: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The clean run and the run with ``recon`` spliced in, stacked in one pass from the hook (``host.run_from``):
+    clean logits, clean log-probs and spliced logits, float32."""
+    logits = host.run_from(state, torch.cat([acts_BLD, recon_BLD])).float()
+    B = len(acts_BLD)
+    return logits[:B], F.log_softmax(logits[:B], dim=-1), logits[B:]
+
+
 class SpliceLosses:
     """Float64 sums of next-token CE and KL(clean || run) over ordinary positions, for the clean run, the run
-    with the SAE reconstruction spliced in and, with ``zero_ablation``, the run with zeros spliced in.
+    with the SAE reconstruction spliced in and, when built :meth:`from_sums` (core's shared zero-ablated pass),
+    the run with zeros spliced in. :meth:`update` (cross-data metrics) runs the clean and the spliced run.
 
-    ``zero_ablation_positions`` "all" zeroes every position, special ones included (SAELens/SAEBench);
-    "ordinary" only the ordinary ones. ``kl_positions`` "ordinary" averages KL over every ordinary position, the
-    last included (SAELens/SAEBench); "with_next_token" over the CE positions only (0..L-2)."""
+    ``kl_positions`` "ordinary" averages KL over every ordinary position, the last included (SAELens/SAEBench);
+    "with_next_token" over the CE positions only (0..L-2)."""
 
-    def __init__(self, zero_ablation: bool = True, zero_ablation_positions: ZeroAblationPositions = "all",
-                 kl_positions: KLPositions = "ordinary"):
-        self.zero_ablation = zero_ablation
-        self.zero_ablation_positions = zero_ablation_positions
+    def __init__(self, kl_positions: KLPositions = "ordinary"):
+        self.zero_ablation = False
         self.kl_last = kl_positions == "ordinary"
         self.ce_sums = np.zeros(3)  # clean, sae, zero
         self.kl_sums = np.zeros(2)  # sae, zero
@@ -286,29 +298,21 @@ class SpliceLosses:
     def from_sums(cls, ce_clean: float, ce_sae: float, ce_zero: float, kl_sae: float, kl_zero: float,
                   n_positions: int, n_kl_positions: int) -> SpliceLosses:
         """Sums computed elsewhere (core's shared clean and zero-ablated passes plus one SAE's spliced run)."""
-        out = cls(zero_ablation=True)
+        out = cls()
+        out.zero_ablation = True
         out.ce_sums[:] = (ce_clean, ce_sae, ce_zero)
         out.kl_sums[:] = (kl_sae, kl_zero)
         out.n_positions, out.n_kl_positions = n_positions, n_kl_positions
         return out
 
     def update(self, host, state, acts_BLD: Tensor, xhat_ND: Tensor, tokens_BL: Tensor, mask_BL: Tensor) -> None:
-        """One batch: every variant continues from the hook in one stacked pass (``host.run_from``)."""
-        recon = acts_BLD.clone()
-        recon[mask_BL] = xhat_ND.to(acts_BLD.dtype)
-        variants = [acts_BLD, recon]
-        if self.zero_ablation:
-            zeros = torch.zeros_like(acts_BLD)
-            variants.append(zeros if self.zero_ablation_positions == "all" else splice(acts_BLD, zeros, mask_BL))
-        logits = host.run_from(state, torch.cat(variants)).float()
-        B = len(tokens_BL)
-        clean_logp = F.log_softmax(logits[:B], dim=-1)
-        for i in range(len(variants)):
-            ce, kl, n_ce, n_kl = next_token_stats(logits[i * B : (i + 1) * B], clean_logp, tokens_BL, mask_BL,
-                                                  self.kl_last)
-            self.ce_sums[i] += ce
-            if i > 0:
-                self.kl_sums[i - 1] += kl
+        """One batch: the clean and the spliced run in one stacked pass from the hook."""
+        recon = with_reconstruction(acts_BLD, mask_BL, xhat_ND)
+        clean_logits, clean_logp, logits = clean_beside_spliced(host, state, acts_BLD, recon)
+        ce_clean, _, n_ce, n_kl = next_token_stats(clean_logits, clean_logp, tokens_BL, mask_BL, self.kl_last)
+        ce_sae, kl_sae, _, _ = next_token_stats(logits, clean_logp, tokens_BL, mask_BL, self.kl_last)
+        self.ce_sums[:2] += (ce_clean, ce_sae)
+        self.kl_sums[0] += kl_sae
         self.n_positions += n_ce
         self.n_kl_positions += n_kl
 

@@ -44,6 +44,8 @@ from saeval.hosts.hooks import (
 Intervention = Callable[[Tensor], Tensor]
 """Maps the activation at a hook (acts_BLD) to the activation the model continues with."""
 
+# Where each kind of hook sits inside its block, in forward order (LanguageHost.hook_position).
+_HOOK_ORDER = {"hook_resid_pre": 0, "hook_attn_out": 1, "hook_mlp_out": 2, "hook_resid_post": 3}
 EMBEDDED_MODELS = {"smollm2-135m": "SmolLM2-135M-Instruct (packaged GGUF, converted once to fp32 safetensors)"}
 
 
@@ -212,10 +214,14 @@ class LanguageHost:
             for handle in handles:
                 handle.remove()
 
+    def hook_position(self, name: str) -> tuple[int, int]:
+        """Sort key of a hook in the forward pass: where its activation is produced (resid_pre of block l comes
+        before anything inside block l, resid_post after)."""
+        point = self.hook(name)
+        return point.layer, _HOOK_ORDER[point.kind]
+
     def _last_hook(self, names: Sequence[str]) -> str:
-        # Order by where the activation is produced; resid_pre of block l comes before anything inside block l.
-        order = {"hook_resid_pre": 0, "hook_attn_out": 1, "hook_mlp_out": 2, "hook_resid_post": 3}
-        return max(names, key=lambda n: (self.hook(n).layer, order[self.hook(n).kind]))
+        return max(names, key=self.hook_position)
 
     # ------------------------------------------------------------------ forward passes
     @torch.inference_mode()

@@ -24,7 +24,7 @@ from saeval.data.corpora import load_contexts
 from saeval.errors import SaevalError
 from saeval.evals.base import EvalContext
 from saeval.evals.core.config import CoreConfig, CoreDetails, CoreMetrics, CorePrefixMetrics, CoreResult
-from saeval.evals.core.shared import core_baseline, density_activations, density_bytes, hook_order, spliced_sums
+from saeval.evals.core.shared import core_baseline, density_activations, density_bytes, spliced_sums
 
 
 def weight_cosines(sae, chunk: int) -> tuple[Tensor, float, float]:
@@ -56,7 +56,7 @@ def check_inputs(ctx: EvalContext, sae, config: CoreConfig) -> list:
     hook_out = splice_hook(ctx, sae)
     if hook_out != ctx.hook:
         host.hook(hook_out)  # an unknown hook name fails here, in one line
-        if hook_order(host, ctx.hook) > hook_order(host, hook_out):
+        if host.hook_position(ctx.hook) > host.hook_position(hook_out):
             raise SaevalError(f"transcoder {sae.name} reads {ctx.hook}, which comes after its output hook "
                               f"{hook_out}: check hook_name and hook_name_out")
         d_out = sae.d_out

@@ -25,13 +25,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from saeval.analysis.reconstruction import CleanDistribution, next_token_stats, splice
+from saeval.analysis.reconstruction import (
+    CleanDistribution,
+    clean_beside_spliced,
+    next_token_stats,
+    splice,
+    with_reconstruction,
+)
 from saeval.data.activations import check_finite
 from saeval.errors import SaevalError
 from saeval.progress import track
 
 KLMethod = Literal["projected", "recomputed"]
-_HOOK_ORDER = {"hook_resid_pre": 0, "hook_attn_out": 1, "hook_mlp_out": 2, "hook_resid_post": 3}
 
 
 def tensor_bytes(*values: Any) -> int:
@@ -65,11 +70,6 @@ def contexts_digest(contexts_NL: Tensor) -> str:
     return hashlib.blake2b(contexts_NL.detach().cpu().contiguous().numpy().tobytes(), digest_size=8).hexdigest()
 
 
-def hook_order(host, hook: str) -> tuple[int, int]:
-    point = host.hook(hook)
-    return point.layer, _HOOK_ORDER[point.kind]
-
-
 def linear_unembedding(host) -> Tensor | None:
     """W_VD when the host's logits are ``final_norm(resid) @ W.T + b`` (what CleanDistribution needs) and the
     model runs in float32 or float64; None otherwise. Soft-capping or another head breaks the identity; in
@@ -93,7 +93,6 @@ class BaselineBatch:
     x_in_ND: Tensor | None  # transcoders: the encoder's input (hook_in) at ordinary tokens, float32
     state: Any = None  # PrefixState at hook_out (None without CE)
     clean: Tensor | CleanDistribution | None = None  # clean log-probs (transient) or their CleanDistribution
-    pending: tuple[Tensor, Tensor] | None = None  # while being built: the clean logits and final normed residual
 
     def encoder_input(self) -> Tensor:
         return self.x_in_ND if self.x_in_ND is not None else self.acts_BLD[self.mask_BL].float()
@@ -124,13 +123,16 @@ class CoreBaseline:
     kl_zero: float = 0.0
     n_ce: int = 0
     n_kl: int = 0
-    nbytes: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return tensor_bytes(self.kept)
 
     def batches(self, host, description: str) -> Iterator[BaselineBatch]:
         if self.complete:
             yield from track(self.kept, description)
             return
-        self.kept, self.nbytes = [], 0
+        self.kept = []
         self.ce_clean = self.ce_zero = self.kl_zero = 0.0
         self.n_ce = self.n_kl = 0
         starts = range(0, len(self.contexts_NL), self.batch_size)
@@ -138,7 +140,7 @@ class CoreBaseline:
         self.kl_method = None if not self.compute_ce else "projected" if head is not None else "recomputed"
         self.store = self.store and self.budget_bytes > 0
         for i, start in enumerate(track(starts, description)):
-            batch = self._build(host, self.contexts_NL[start : start + self.batch_size])
+            batch, pending = self._build(host, self.contexts_NL[start : start + self.batch_size])
             if self.store and i == 0:
                 size = self._stored_bytes(batch, head)
                 self.store = size * len(starts) <= self.budget_bytes  # else every SAE recomputes the batches
@@ -146,17 +148,15 @@ class CoreBaseline:
                 # Every SAE, the first included, meets the same clean reference, so a result does not depend on
                 # the order the SAEs ran in: the projection, or (no affine head) a rerun of the clean model.
                 if batch.clean is not None:
-                    batch.clean = None if head is None else CleanDistribution.of(*batch.pending, head, batch.clean)
+                    batch.clean = None if head is None else CleanDistribution.of(*pending, head, batch.clean)
                 self.kept.append(batch)
-                self.nbytes += tensor_bytes(batch.tokens_BL, batch.mask_BL, batch.acts_BLD, batch.x_in_ND,
-                                            batch.state, batch.clean)
-            batch.pending = None
+            del pending  # the V-wide clean logits: not held while the SAE runs
             yield batch
             if isinstance(batch.clean, Tensor):  # clean log-probs (V per position) serve one iteration only
                 batch.clean = None
         self.complete = self.store
         if not self.store:
-            self.kept, self.nbytes = [], 0
+            self.kept = []
 
     def _stored_bytes(self, batch: BaselineBatch, head: Tensor | None) -> int:
         """What keeping ``batch`` costs, its clean distribution's projection included."""
@@ -167,8 +167,9 @@ class CoreBaseline:
         return size
 
     @torch.inference_mode()
-    def _build(self, host, tokens_BL: Tensor) -> BaselineBatch:
-        """Run up to hook_out (capturing hook_in on the way), then the clean and zero-ablated continuations."""
+    def _build(self, host, tokens_BL: Tensor) -> tuple[BaselineBatch, tuple[Tensor, Tensor] | None]:
+        """Run up to hook_out (capturing hook_in on the way), then the clean and zero-ablated continuations. With
+        the batch, what a CleanDistribution is made of: the clean logits and final normed residual."""
         mask = host.ordinary_mask(tokens_BL).to(host.device)
         captured: list[Tensor] = []
         transcoder = self.hook_in != self.hook_out
@@ -186,7 +187,7 @@ class CoreBaseline:
             check_finite(x_in, f"{host.name} {self.hook_in}")
         batch = BaselineBatch(tokens_BL, mask, acts, x_in, state)
         if not self.compute_ce:
-            return batch
+            return batch, None
         zeros = torch.zeros_like(acts)
         zero = zeros if self.zero_ablation_positions == "all" else splice(acts, zeros, mask)
         resid = host.residual_from(state, torch.cat([acts, zero]))
@@ -200,8 +201,8 @@ class CoreBaseline:
         self.kl_zero += kl_zero
         self.n_ce += n_ce
         self.n_kl += n_kl
-        batch.clean, batch.pending = clean_logp, (logits[:B], host.final_norm(resid[:B]))
-        return batch
+        batch.clean = clean_logp
+        return batch, (logits[:B], host.final_norm(resid[:B]))
 
 
 def core_baseline(ctx, hook_in: str, hook_out: str, contexts_NL: Tensor, config) -> CoreBaseline:
@@ -218,8 +219,7 @@ def core_baseline(ctx, hook_in: str, hook_out: str, contexts_NL: Tensor, config)
 
 def spliced_sums(host, baseline: CoreBaseline, batch: BaselineBatch, xhat_ND: Tensor) -> tuple[float, float]:
     """Summed CE and KL(clean || run) of one batch with ``xhat`` spliced in at ordinary tokens of hook_out."""
-    recon = batch.acts_BLD.clone()
-    recon[batch.mask_BL] = xhat_ND.to(recon.dtype)
+    recon = with_reconstruction(batch.acts_BLD, batch.mask_BL, xhat_ND)
     if isinstance(batch.clean, CleanDistribution):
         resid = host.residual_from(batch.state, recon)
         logits = host.logits_from_residual(resid)
@@ -229,9 +229,7 @@ def spliced_sums(host, baseline: CoreBaseline, batch: BaselineBatch, xhat_ND: Te
     if batch.clean is not None:  # this iteration's clean log-probs, at hand
         clean_logp, logits = batch.clean, host.run_from(batch.state, recon).float()
     else:  # no clean distribution kept: rerun the clean model from the stored activation beside the splice
-        both = host.run_from(batch.state, torch.cat([batch.acts_BLD, recon])).float()
-        B = len(batch.tokens_BL)
-        clean_logp, logits = F.log_softmax(both[:B], dim=-1), both[B:]
+        _, clean_logp, logits = clean_beside_spliced(host, batch.state, batch.acts_BLD, recon)
     ce, kl, _, _ = next_token_stats(logits, clean_logp, batch.tokens_BL, batch.mask_BL, baseline.kl_last)
     return ce, kl
 
