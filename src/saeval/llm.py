@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 
 from saeval.data.cache import CacheKey, read_record, write_record
 from saeval.errors import SaevalError
+from saeval.hosts.lm import pad_rows
 
 
 class LLMError(SaevalError):
@@ -58,18 +59,6 @@ def complete_many(model: ChatModel, messages: Sequence[str], max_new_tokens: int
             except LLMError as err:
                 out.append(err)
         return out
-
-
-def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token rows padded to one width (on the right, or on the ``left`` for generation) and their attention mask."""
-    width = max(map(len, rows))
-    tokens_BL = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask_BL = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        where = slice(width - len(row), width) if left else slice(0, len(row))
-        tokens_BL[i, where] = torch.tensor(list(row), dtype=torch.long)
-        mask_BL[i, where] = 1
-    return tokens_BL, mask_BL
 
 
 class LocalChatModel:

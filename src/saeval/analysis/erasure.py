@@ -57,6 +57,7 @@ from saeval.data.activations import check_finite
 from saeval.data.cache import MANIFEST, CacheKey, get_or_build, read_record, write_record
 from saeval.errors import SaevalError
 from saeval.hashing import json_digest, tensors_fingerprint
+from saeval.hosts.lm import pad_rows
 from saeval.io import strict_json
 from saeval.progress import track
 
@@ -241,12 +242,7 @@ class _Writer:
 
 
 def _forward(host, hook: str, rows: list[list[int]], ids: list[int], sink_ratio: float | None = None):
-    width = max(map(len, rows))
-    tokens = torch.full((len(rows), width), host.pad_id, dtype=torch.long)
-    attn = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        tokens[i, : len(row)] = torch.tensor(row)
-        attn[i, : len(row)] = 1
+    tokens, attn = pad_rows(rows, host.pad_id)
     # Right padding: causal attention keeps pads from touching the real tokens before them.
     acts = host.capture(tokens, [hook], attention_mask_BL=attn)[hook].float().cpu()
     check_finite(acts, f"{host.name} {hook}")

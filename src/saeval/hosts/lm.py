@@ -482,6 +482,18 @@ class _InverseCdfSampler(LogitsProcessor):
         return out.scatter_(1, pick_B1, 0.0)  # type: ignore[return-value]
 
 
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows padded to one width (on the right, or on the ``left`` for generation) and their attention mask."""
+    width = max(map(len, rows))
+    tokens_BL = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask_BL = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        where = slice(width - len(row), width) if left else slice(0, len(row))
+        tokens_BL[i, where] = torch.tensor(list(row), dtype=torch.long)
+        mask_BL[i, where] = 1
+    return tokens_BL, mask_BL
+
+
 def sample_from_logits(logits_BV: Tensor, generator: torch.Generator, block: int = 256) -> Tensor:
     """One token per row from softmax(logits), by inverse CDF with one uniform per row ([B, 1] indices).
 

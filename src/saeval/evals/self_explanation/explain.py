@@ -50,6 +50,7 @@ from saeval.evals.self_explanation.config import (
     SelfExplanation,
     SelfExplanationConfig,
 )
+from saeval.hosts.lm import pad_rows
 from saeval.progress import track
 
 
@@ -271,15 +272,8 @@ def extract_explanation(text: str, template: str = "repeat") -> str:
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor, list[int]]:
     """Left-padded ids, attention mask, and each row's offset (number of pad tokens)."""
-    width = max(map(len, rows))
-    tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    offsets = []
-    for i, row in enumerate(rows):
-        tokens[i, width - len(row) :] = torch.tensor(list(row))
-        mask[i, width - len(row) :] = 1
-        offsets.append(width - len(row))
-    return tokens, mask, offsets
+    tokens, mask = pad_rows(rows, pad_id, left=True)
+    return tokens, mask, [tokens.shape[1] - len(row) for row in rows]
 
 
 def placeholder_intervention(positions_B: Sequence[Sequence[int]], vectors_BD: Tensor, prompt_len: int):
