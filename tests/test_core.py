@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from saeval.analysis.matching import cross_data_metrics
+from saeval.analysis.matching import cross_data_metrics, cross_data_table
 from saeval.analysis.reconstruction import ReconstructionStats
 from saeval.data.corpora import load_contexts
 from saeval.evals import EvalContext
@@ -103,6 +103,13 @@ def test_cross_data_metrics_agree_with_core(tiny_host):
     assert cross["ce_clean"] == pytest.approx(core.ce_loss_without_sae, rel=1e-5)
     assert cross["ce_sae"] == pytest.approx(core.ce_loss_with_sae, rel=1e-5)
     assert core.ce_loss_with_ablation != pytest.approx(core.ce_loss_with_sae)
+    # Several SAEs in one pass (one clean run per batch for all): each row is what the SAE gets alone.
+    other = create_sae(SAEConfig(architecture="topk", d_in=tiny_host.d_model, d_sae=64, k=4, hook_name=HOOK,
+                                 name="other"))
+    rows = cross_data_table(tiny_host, [sae, other], "sotu", HOOK, contexts, batch_size=8)
+    assert rows[0] == cross
+    assert rows[1] == cross_data_metrics(tiny_host, other, "sotu", batch_size=8, contexts_NL=contexts)
+    assert rows[1]["ce_sae"] != pytest.approx(rows[0]["ce_sae"])
 
 
 def test_configs_import_without_torch():

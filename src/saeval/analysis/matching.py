@@ -442,26 +442,40 @@ def cross_data_metrics(
     and l2_loss follow FaithfulSAE's scripts (1 - Var(x - xhat) / Var(x) and the mean squared error, both over
     all elements); ce_diff = CE with xhat spliced at the hook - clean CE. Special tokens are excluded.
     ``contexts_NL`` (e.g. a held-out split) replaces the draw from ``corpus``, which then only names them."""
-    from saeval.analysis.reconstruction import ReconstructionStats, SpliceLosses, reconstruction_batches
     from saeval.data.corpora import load_contexts
 
     hook = hook or sae.cfg.hook_name
     if not hook:
         raise SaevalError(f"SAE {sae.name} names no hook: pass hook=")
     contexts = load_contexts(host, corpus, n_tokens, ctx_len, seed) if contexts_NL is None else contexts_NL
-    stats = ReconstructionStats(sae.d_in, sae.d_sae)
-    losses = SpliceLosses()
-    sums = np.zeros(5)  # err, err^2, x, x^2, element count
-    for batch in reconstruction_batches(host, sae, hook, contexts, batch_size, stats, losses,
-                                        f"cross-data {sae.name} on {corpus}"):
-        err = (batch.x_ND - batch.xhat_ND).double()
-        x = batch.x_ND.double()
-        sums += [float(err.sum()), float(err.pow(2).sum()), float(x.sum()), float(x.pow(2).sum()), err.numel()]
+    return cross_data_table(host, [sae], corpus, hook, contexts, batch_size)[0]
+
+
+@torch.inference_mode()
+def cross_data_table(host, saes: list, corpus: str, hook: str, contexts_NL: Tensor,
+                     batch_size: int = 8) -> list[dict[str, Any]]:
+    """cross_data_metrics of several SAEs at one hook on the same contexts: the model runs to the hook and on to
+    its clean logits once per batch for all of them; each SAE adds its encode/decode and one spliced run."""
+    from saeval.analysis.reconstruction import ReconstructionStats, SpliceLosses, reconstruction_batches
+
+    stats = [ReconstructionStats(sae.d_in, sae.d_sae) for sae in saes]
+    losses = [SpliceLosses() for _ in saes]
+    sums = np.zeros((len(saes), 5))  # per SAE: err, err^2, x, x^2, element count
+    description = f"cross-data {', '.join(sae.name for sae in saes)} on {corpus}"
+    for batch in reconstruction_batches(host, saes, hook, contexts_NL, batch_size, stats, losses, description):
+        for i, rec in enumerate(batch):
+            err = (rec.x_ND - rec.xhat_ND).double()
+            x = rec.x_ND.double()
+            sums[i] += [float(err.sum()), float(err.pow(2).sum()), float(x.sum()), float(x.pow(2).sum()), err.numel()]
+    return [_cross_data_row(corpus, st, loss, row) for st, loss, row in zip(stats, losses, sums, strict=True)]
+
+
+def _cross_data_row(corpus: str, stats, losses, sums: np.ndarray) -> dict[str, Any]:
     n_el = sums[4]
     var_err = sums[1] / n_el - (sums[0] / n_el) ** 2
     var_x = sums[3] / n_el - (sums[2] / n_el) ** 2
-    summary = stats.summary()
     ce, n_pos = losses.ce_sums, losses.n_positions
+    summary = stats.summary()
     return {
         "corpus": corpus,
         "n_tokens": stats.n,

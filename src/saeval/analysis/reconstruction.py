@@ -2,19 +2,20 @@
 
 The pieces core and FaithfulSAE's cross-data metrics share: :class:`ReconstructionStats`, :func:`next_token_stats`
 (next-token CE and KL(clean || run) as SAELens takes them), :func:`guard_metrics` and :class:`SpliceLosses`.
-``reconstruction_batches`` is the per-SAE loop cross_data_metrics runs: per batch of contexts it encodes the
-ordinary tokens' activations, accumulates the statistics and, given a SpliceLosses, the CE/KL of the clean run
-and the run with the reconstruction spliced in, stacked in one pass (:func:`clean_beside_spliced`). Core computes
-the clean and zero-ablated runs once per run instead (evals/core/shared.py) and meets the clean distribution
-through :class:`CleanDistribution`, or reruns it with the same stacked pass. Special tokens are excluded from
-every statistic and keep their original activation in the reconstruction run; core's zero-ablated run zeroes them
-too unless told otherwise (SAELens's get_recons_loss does, so its ablation also removes the BOS attention sink).
+``reconstruction_batches`` is the loop cross_data_metrics runs for one or several SAEs at a hook: per batch of
+contexts it runs the model to the hook once, encodes the ordinary tokens' activations with each SAE, accumulates
+the statistics and, given SpliceLosses, the CE/KL of one clean run from the hook and of each SAE's spliced run.
+Core computes the clean and zero-ablated runs once per run instead (evals/core/shared.py) and meets the clean
+distribution through :class:`CleanDistribution`, or reruns it beside the splice (:func:`clean_beside_spliced`).
+Special tokens are excluded from every statistic and keep their original activation in the reconstruction run;
+core's zero-ablated run zeroes them too unless told otherwise (SAELens's get_recons_loss does, so its ablation
+also removes the BOS attention sink).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -221,11 +222,11 @@ class CleanDistribution(NamedTuple):
 
     @classmethod
     def of(cls, clean_logits_BLV: Tensor, clean_normed_BLD: Tensor, W_VD: Tensor,
-           clean_logp_BLV: Tensor | None = None) -> CleanDistribution:
-        if clean_logp_BLV is None:
+           clean_logp_BLV: Tensor | None = None, clean_p_BLV: Tensor | None = None) -> CleanDistribution:
+        if clean_logp_BLV is None and clean_p_BLV is None:
             wide = clean_logits_BLV if clean_logits_BLV.dtype == torch.float64 else clean_logits_BLV.float()
             clean_logp_BLV = F.log_softmax(wide, -1)
-        p = clean_logp_BLV.exp()
+        p = clean_p_BLV if clean_p_BLV is not None else clean_logp_BLV.exp()
         return cls(proj_BLD=p.to(W_VD.dtype) @ W_VD, normed_BLD=clean_normed_BLD, lse_BL=_lse(clean_logits_BLV),
                    mass_BL=p.sum(-1).double())
 
@@ -239,28 +240,40 @@ class CleanDistribution(NamedTuple):
 
 
 def next_token_stats(logits_BLV: Tensor, clean: Tensor | CleanDistribution, tokens_BL: Tensor, keep_BL: Tensor,
-                     kl_last: bool = True, normed_BLD: Tensor | None = None) -> tuple[float, float, int, int]:
+                     kl_last: bool = True, normed_BLD: Tensor | None = None,
+                     clean_p_BLV: Tensor | None = None) -> tuple[float, float, int, int]:
     """Summed next-token CE and summed KL(clean || run), with their position counts, as SAELens's evals take them.
 
     A position counts when its input token is kept (``keep``: not special), whatever token follows it. CE needs
     a next token in the context: positions 0..L-2. KL compares next-token distributions, which the last position
     has too: positions 0..L-1, or 0..L-2 without ``kl_last``. ``clean``: the clean run's log-probs (all L), or
-    its :class:`CleanDistribution`, which also needs the run's final normed residual ``normed_BLD``."""
-    logits = logits_BLV.float()
-    ce_keep = keep_BL[:, :-1].to(logits.device)
-    kl_keep = keep_BL.clone().to(logits.device)
-    if not kl_last:
-        kl_keep[:, -1] = False
-    logp = F.log_softmax(logits, dim=-1)
-    ce = -logp[:, :-1].gather(-1, tokens_BL[:, 1:, None].to(logp.device)).squeeze(-1)
+    its :class:`CleanDistribution`, which also needs the run's final normed residual ``normed_BLD``;
+    ``clean_p_BLV``: exp of those log-probs when the caller already has it (the same KL, one exp less)."""
+    logp = F.log_softmax(logits_BLV.float(), dim=-1)
+    ce, n_ce, kl_keep = _next_token_ce(logp, tokens_BL, keep_BL, kl_last)
     if isinstance(clean, CleanDistribution):
         if normed_BLD is None:
             raise ValueError("a CleanDistribution needs the run's final normed residual")
         kl = clean.kl_BL(logits_BLV, normed_BLD)
     else:
-        kl = (clean.exp() * (clean - logp)).sum(-1)
-    return (float(ce[ce_keep].double().sum()), float(kl[kl_keep].double().sum()), int(ce_keep.sum()),
-            int(kl_keep.sum()))
+        kl = ((clean.exp() if clean_p_BLV is None else clean_p_BLV) * (clean - logp)).sum(-1)
+    return ce, float(kl[kl_keep].double().sum()), n_ce, int(kl_keep.sum())
+
+
+def next_token_ce(logp_BLV: Tensor, tokens_BL: Tensor, keep_BL: Tensor, kl_last: bool = True,
+                  ) -> tuple[float, int, int]:
+    """next_token_stats of a run against itself (KL 0) from its log-probs: summed CE and the two position counts."""
+    ce, n_ce, kl_keep = _next_token_ce(logp_BLV, tokens_BL, keep_BL, kl_last)
+    return ce, n_ce, int(kl_keep.sum())
+
+
+def _next_token_ce(logp_BLV: Tensor, tokens_BL: Tensor, keep_BL: Tensor, kl_last: bool) -> tuple[float, int, Tensor]:
+    ce_keep = keep_BL[:, :-1].to(logp_BLV.device)
+    kl_keep = keep_BL.clone().to(logp_BLV.device)
+    if not kl_last:
+        kl_keep[:, -1] = False
+    ce = -logp_BLV[:, :-1].gather(-1, tokens_BL[:, 1:, None].to(logp_BLV.device)).squeeze(-1)
+    return float(ce[ce_keep].double().sum()), int(ce_keep.sum()), kl_keep
 
 
 def with_reconstruction(acts_BLD: Tensor, mask_BL: Tensor, xhat_ND: Tensor) -> Tensor:
@@ -281,7 +294,8 @@ def clean_beside_spliced(host, state, acts_BLD: Tensor, recon_BLD: Tensor) -> tu
 class SpliceLosses:
     """Float64 sums of next-token CE and KL(clean || run) over ordinary positions, for the clean run, the run
     with the SAE reconstruction spliced in and, when built :meth:`from_sums` (core's shared zero-ablated pass),
-    the run with zeros spliced in. :meth:`update` (cross-data metrics) runs the clean and the spliced run.
+    the run with zeros spliced in. Cross-data metrics add each batch's clean run (:meth:`add_clean`) and
+    spliced run (:meth:`add_spliced`).
 
     ``kl_positions`` "ordinary" averages KL over every ordinary position, the last included (SAELens/SAEBench);
     "with_next_token" over the CE positions only (0..L-2)."""
@@ -305,16 +319,16 @@ class SpliceLosses:
         out.n_positions, out.n_kl_positions = n_positions, n_kl_positions
         return out
 
-    def update(self, host, state, acts_BLD: Tensor, xhat_ND: Tensor, tokens_BL: Tensor, mask_BL: Tensor) -> None:
-        """One batch: the clean and the spliced run in one stacked pass from the hook."""
-        recon = with_reconstruction(acts_BLD, mask_BL, xhat_ND)
-        clean_logits, clean_logp, logits = clean_beside_spliced(host, state, acts_BLD, recon)
+    def add_clean(self, clean_logits: Tensor, clean_logp: Tensor, tokens_BL: Tensor, mask_BL: Tensor) -> None:
         ce_clean, _, n_ce, n_kl = next_token_stats(clean_logits, clean_logp, tokens_BL, mask_BL, self.kl_last)
-        ce_sae, kl_sae, _, _ = next_token_stats(logits, clean_logp, tokens_BL, mask_BL, self.kl_last)
-        self.ce_sums[:2] += (ce_clean, ce_sae)
-        self.kl_sums[0] += kl_sae
+        self.ce_sums[0] += ce_clean
         self.n_positions += n_ce
         self.n_kl_positions += n_kl
+
+    def add_spliced(self, logits: Tensor, clean_logp: Tensor, tokens_BL: Tensor, mask_BL: Tensor) -> None:
+        ce_sae, kl_sae, _, _ = next_token_stats(logits, clean_logp, tokens_BL, mask_BL, self.kl_last)
+        self.ce_sums[1] += ce_sae
+        self.kl_sums[0] += kl_sae
 
     def summary(self) -> dict[str, float]:
         """SAEBench's CE and KL numbers; the scores need the zero-ablated run (NaN without it)."""
@@ -343,27 +357,40 @@ class Reconstruction(NamedTuple):
 @torch.inference_mode()
 def reconstruction_batches(
     host,
-    sae,
+    saes: Sequence,
     hook: str,
     contexts_NL: Tensor,
     batch_size: int,
-    stats: ReconstructionStats,
-    losses: SpliceLosses | None,
+    stats: Sequence[ReconstructionStats],
+    losses: Sequence[SpliceLosses] | None,
     description: str,
-) -> Iterator[Reconstruction]:
-    """Run ``contexts`` in batches up to ``hook``, update ``stats`` (and ``losses`` when given) and yield each
-    batch's reconstruction, so callers add their own sums (latent densities, FaithfulSAE's variances)."""
+) -> Iterator[list[Reconstruction]]:
+    """Run ``contexts`` in batches up to ``hook`` once for all ``saes``, update each SAE's ``stats`` (and
+    ``losses`` when given: one clean run from the hook per batch, then one spliced run per SAE) and yield each
+    batch's reconstructions, one per SAE, so callers add their own sums (latent densities, FaithfulSAE's
+    variances)."""
     starts = range(0, len(contexts_NL), batch_size)
     for start in track(starts, description):
         tokens = contexts_NL[start : start + batch_size]
         mask = host.ordinary_mask(tokens)
         acts, state = host.prefix(tokens, hook)
         check_finite(acts, f"{host.name} {hook}")
-        sae.check_input(acts)
         x = acts[mask].float()
-        f = sae.encode(x)
-        xhat = sae.decode(f)
-        stats.update(x, xhat, f)
+        clean = None
         if losses is not None:
-            losses.update(host, state, acts, xhat, tokens, mask)
-        yield Reconstruction(x, f, xhat)
+            clean_logits = host.run_from(state, acts).float()
+            clean = F.log_softmax(clean_logits, dim=-1)
+            for loss in losses:
+                loss.add_clean(clean_logits, clean, tokens, mask)
+            del clean_logits
+        out = []
+        for i, sae in enumerate(saes):
+            sae.check_input(acts)
+            f = sae.encode(x)
+            xhat = sae.decode(f)
+            stats[i].update(x, xhat, f)
+            if losses is not None:
+                logits = host.run_from(state, with_reconstruction(acts, mask, xhat)).float()
+                losses[i].add_spliced(logits, clean, tokens, mask)
+            out.append(Reconstruction(x, f, xhat))
+        yield out

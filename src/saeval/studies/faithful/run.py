@@ -25,7 +25,7 @@ from typing import Any
 
 from torch import Tensor
 
-from saeval.analysis.matching import cross_data_metrics, match_saes
+from saeval.analysis.matching import cross_data_table, match_saes
 from saeval.data.activations import ActivationCache
 from saeval.data.cache import CacheKey, get_or_build
 from saeval.data.corpora import load_contexts
@@ -143,13 +143,13 @@ def run(ctx: EvalContext, saes: list, config: FaithfulConfig, out_dir: Path | No
     same_seed_check = [_match(human[i], own[i], config.threshold) for i in range(2)]
     seconds["matching"] = time.time() - t
     t = time.time()
-    cross_data = []
-    for trained_on in corpora:
-        for evaluated_on in corpora:
-            metrics = cross_data_metrics(host, trained[trained_on][0], evaluated_on, hook=hook,
-                                         contexts_NL=held_out[evaluated_on])
-            cross_data.append(CrossDataRow(trained_on=trained_on, evaluated_on=evaluated_on,
-                                           sae=trained[trained_on][0].name, **metrics))
+    # One pass over each corpus's held-out text serves the seed-0 SAE of every corpus (one clean run for both).
+    rows = {evaluated_on: cross_data_table(host, [trained[c][0] for c in corpora], evaluated_on, hook,
+                                           held_out[evaluated_on])
+            for evaluated_on in corpora}
+    cross_data = [CrossDataRow(trained_on=trained_on, evaluated_on=evaluated_on, sae=trained[trained_on][0].name,
+                               **rows[evaluated_on][i])
+                  for i, trained_on in enumerate(corpora) for evaluated_on in corpora]
     seconds["cross_data"] = time.time() - t
     same = max(m.shared_feature_ratio for m in same_seed_check)
     across = max(m.shared_feature_ratio for m in [*cross_seed.values(), *cross_corpus])
