@@ -115,6 +115,41 @@ def test_over_budget_recomputes_per_sae(tiny_host):
         tiny_host, sae, shared_memory_mb=0, density=False).metrics.model_dump()
 
 
+def borrowed_contexts(ctx, hook):
+    """The eval contexts of the run's core baseline at ``hook``."""
+    (baseline,) = [b for k, b in ctx.memo.items() if k[:1] == ("core-baseline",) and k[4] == hook]
+    assert baseline.clean_from is not None
+    return baseline.contexts_NL
+
+
+def test_a_second_hook_borrows_the_clean_distribution(tiny_host):
+    """The clean model does not depend on the hook: core at a second hook of the same run (same contexts) runs only
+    its zero-ablated continuation per batch beside the prefix, and reports what a run of its own reports (clean
+    CE identical; zero-ablated KL through the projection, within KL_TOL of the elementwise sum)."""
+    d = tiny_host.d_model
+    ctx = EvalContext(host=tiny_host, hook=HOOK, preset="tiny")
+    run_core(tiny_host, topk_sae(d, 0), ctx, density=False)
+    early = "blocks.0.hook_resid_post"
+    other = EvalContext(host=tiny_host, hook=early, preset="tiny", run_memo=ctx.run_memo)
+    sae = topk_sae(d, 1)
+    sae.cfg = sae.cfg.model_copy(update={"hook_name": early})
+    rows: list[int] = []
+    handle = tiny_host.blocks[-1].register_forward_pre_hook(lambda _m, args: rows.append(len(args[0])))
+    try:
+        borrowed = run_core(tiny_host, sae, other, hook=early, density=False)
+    finally:
+        handle.remove()
+    # Per batch, through the last block: the zero-ablated run and the SAE's spliced run, no clean rows.
+    assert len(rows) == 2 * N_EVAL_BATCHES and sum(rows) == 2 * len(borrowed_contexts(other, early))
+    alone = run_core(tiny_host, sae, hook=early, density=False)
+    a, b = borrowed.metrics.model_dump(), alone.metrics.model_dump()
+    for key in ("ce_loss_without_sae", "ce_loss_with_sae", "kl_div_with_sae", "l0", "mse"):
+        assert a[key] == b[key], key
+    assert a["ce_loss_with_ablation"] == pytest.approx(b["ce_loss_with_ablation"], rel=1e-7)
+    assert a["kl_div_with_ablation"] == pytest.approx(b["kl_div_with_ablation"], abs=KL_TOL)
+    assert a["kl_div_with_ablation"] > 1e3 * KL_TOL
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_projected_kl_equals_elementwise_kl(dtype):
     """KL from CleanDistribution (2 d_model + 2 numbers per position) against the KL computed elementwise over

@@ -49,6 +49,9 @@ class EvalContext:
     preset: str = "paper"
     # Per-run memo for work shared across SAEs and evals (contexts, cached activations, probes...).
     memo: dict[str, Any] = field(default_factory=dict)
+    # Shared by every group (hook) of one run, for work that depends on no hook (core's clean distributions):
+    # keys here must name everything else they depend on.
+    run_memo: dict[Any, Any] = field(default_factory=dict)
     # Results of prerequisite evals of this run, by (id of the SAE object, eval name); filled by the runner.
     results: dict[tuple[int, str], EvalResult] = field(default_factory=dict)
 

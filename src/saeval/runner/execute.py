@@ -98,8 +98,10 @@ def execute(request: RunRequest) -> list[JobOutcome]:
         raise errors[0]
     for err in errors:
         console.print(f"[red]skipping an SAE[/red]: {err}")
+    run_memo: dict = {}
     for hook, members in groups.items():
-        ctx = EvalContext(host=host, hook=hook, corpus=request.corpus, seed=request.seed, preset=request.preset)
+        ctx = EvalContext(host=host, hook=hook, corpus=request.corpus, seed=request.seed, preset=request.preset,
+                          run_memo=run_memo)
         outcomes += run_planned(ctx, [sae for sae, _ in members], planned, request.out, force=request.force,
                                 strict=request.strict, fail_fast=request.fail_fast,
                                 sae_paths=[ref for _, ref in members])

@@ -40,6 +40,7 @@ class EvalWorker:
         self.planned = resolve_evals(r.evals, r.preset, r.overrides, r.device)  # once per worker
         self.host = None
         self.contexts: dict[str, Any] = {}
+        self.run_memo: dict[Any, Any] = {}  # shared by its hooks' contexts (EvalContext.run_memo)
 
     def pid(self) -> int:
         return os.getpid()
@@ -55,7 +56,8 @@ class EvalWorker:
             self.host = LanguageHost.load(r.model, device=r.device, dtype=getattr(torch, r.dtype))
         if hook not in self.contexts:
             r = self.request
-            self.contexts[hook] = EvalContext(host=self.host, hook=hook, corpus=r.corpus, seed=r.seed, preset=r.preset)
+            self.contexts[hook] = EvalContext(host=self.host, hook=hook, corpus=r.corpus, seed=r.seed, preset=r.preset,
+                                              run_memo=self.run_memo)
         return self.contexts[hook]
 
     def run_sae(self, ref: str, folder: str, hook: str, stored: dict[str, dict[str, Any]]) -> dict[str, Any]:

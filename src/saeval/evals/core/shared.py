@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from saeval.analysis.reconstruction import (
     CleanDistribution,
     clean_beside_spliced,
+    next_token_ce,
     next_token_stats,
     splice,
     with_reconstruction,
@@ -117,6 +118,9 @@ class CoreBaseline:
     complete: bool = False
     store: bool = True  # False once the stored batches would exceed the budget
     kl_method: KLMethod | None = None
+    # A complete baseline of the same model and contexts at another hook: its clean distributions are this one's
+    # (the clean model does not depend on the hook), so only the zero-ablated run is new.
+    clean_from: CoreBaseline | None = None
     # Summed over all batches (complete after the first full iteration): clean CE, zero CE, zero KL, counts.
     ce_clean: float = 0.0
     ce_zero: float = 0.0
@@ -139,21 +143,30 @@ class CoreBaseline:
         head = linear_unembedding(host) if self.compute_ce else None
         self.kl_method = None if not self.compute_ce else "projected" if head is not None else "recomputed"
         self.store = self.store and self.budget_bytes > 0
+        source = self.clean_from
+        if source is None or not (source.complete and source.kl_method == "projected" == self.kl_method
+                                  and len(source.kept) == len(starts)):
+            source = None
         for i, start in enumerate(track(starts, description)):
-            batch, pending = self._build(host, self.contexts_NL[start : start + self.batch_size])
+            shared = source.kept[i].clean if source is not None else None
+            batch, pending = self._build(host, self.contexts_NL[start : start + self.batch_size], shared)
             if self.store and i == 0:
                 size = self._stored_bytes(batch, head)
                 self.store = size * len(starts) <= self.budget_bytes  # else every SAE recomputes the batches
             if self.store:
                 # Every SAE, the first included, meets the same clean reference, so a result does not depend on
                 # the order the SAEs ran in: the projection, or (no affine head) a rerun of the clean model.
-                if batch.clean is not None:
-                    batch.clean = None if head is None else CleanDistribution.of(*pending, head, batch.clean)
+                if isinstance(batch.clean, Tensor):
+                    logits, normed, clean_p = pending
+                    batch.clean = None if head is None else CleanDistribution.of(logits, normed, head, batch.clean,
+                                                                                 clean_p)
                 self.kept.append(batch)
             del pending  # the V-wide clean logits: not held while the SAE runs
             yield batch
             if isinstance(batch.clean, Tensor):  # clean log-probs (V per position) serve one iteration only
                 batch.clean = None
+        if source is not None:
+            self.ce_clean = source.ce_clean
         self.complete = self.store
         if not self.store:
             self.kept = []
@@ -167,9 +180,11 @@ class CoreBaseline:
         return size
 
     @torch.inference_mode()
-    def _build(self, host, tokens_BL: Tensor) -> tuple[BaselineBatch, tuple[Tensor, Tensor] | None]:
-        """Run up to hook_out (capturing hook_in on the way), then the clean and zero-ablated continuations. With
-        the batch, what a CleanDistribution is made of: the clean logits and final normed residual."""
+    def _build(self, host, tokens_BL: Tensor, shared_clean: CleanDistribution | None = None,
+               ) -> tuple[BaselineBatch, tuple[Tensor, Tensor, Tensor] | None]:
+        """Run up to hook_out (capturing hook_in on the way), then the clean and zero-ablated continuations (the
+        zero-ablated one only, given the batch's ``shared_clean`` from another hook). With the batch, what a
+        CleanDistribution is made of: the clean logits, final normed residual and probabilities."""
         mask = host.ordinary_mask(tokens_BL).to(host.device)
         captured: list[Tensor] = []
         transcoder = self.hook_in != self.hook_out
@@ -190,19 +205,31 @@ class CoreBaseline:
             return batch, None
         zeros = torch.zeros_like(acts)
         zero = zeros if self.zero_ablation_positions == "all" else splice(acts, zeros, mask)
+        if shared_clean is not None:
+            resid = host.residual_from(state, zero)
+            ce_zero, kl_zero, n_ce, n_kl = next_token_stats(host.logits_from_residual(resid), shared_clean, tokens_BL,
+                                                            mask, self.kl_last, normed_BLD=host.final_norm(resid))
+            self.ce_zero += ce_zero
+            self.kl_zero += kl_zero
+            self.n_ce += n_ce
+            self.n_kl += n_kl
+            batch.clean = shared_clean
+            return batch, None
         resid = host.residual_from(state, torch.cat([acts, zero]))
         logits = host.logits_from_residual(resid).float()
         B = len(tokens_BL)
         clean_logp = F.log_softmax(logits[:B], dim=-1)
-        ce_clean, _, n_ce, n_kl = next_token_stats(logits[:B], clean_logp, tokens_BL, mask, self.kl_last)
-        ce_zero, kl_zero, _, _ = next_token_stats(logits[B:], clean_logp, tokens_BL, mask, self.kl_last)
+        clean_p = clean_logp.exp()  # for the zero-ablated KL and the CleanDistribution: one exp
+        ce_clean, n_ce, n_kl = next_token_ce(clean_logp, tokens_BL, mask, self.kl_last)
+        ce_zero, kl_zero, _, _ = next_token_stats(logits[B:], clean_logp, tokens_BL, mask, self.kl_last,
+                                                  clean_p_BLV=clean_p)
         self.ce_clean += ce_clean
         self.ce_zero += ce_zero
         self.kl_zero += kl_zero
         self.n_ce += n_ce
         self.n_kl += n_kl
         batch.clean = clean_logp
-        return batch, (logits[:B], host.final_norm(resid[:B]))
+        return batch, (logits[:B], host.final_norm(resid[:B]), clean_p)
 
 
 def core_baseline(ctx, hook_in: str, hook_out: str, contexts_NL: Tensor, config) -> CoreBaseline:
@@ -214,7 +241,13 @@ def core_baseline(ctx, hook_in: str, hook_out: str, contexts_NL: Tensor, config)
         ctx.memo[key] = CoreBaseline(hook_in, hook_out, contexts_NL, config.batch_size, config.compute_ce,
                                      config.zero_ablation_positions, config.kl_positions == "ordinary",
                                      int(config.shared_memory_mb * 2**20))
-    return ctx.memo[key]
+    baseline = ctx.memo[key]
+    # The first baseline over these contexts lends its clean distributions to those at other hooks of the run.
+    clean_key = ("core-clean", *key[1:3], *key[5:9], key[10])  # model, contexts, batch size, CE, KL positions
+    source = ctx.run_memo.setdefault(clean_key, baseline)
+    if source is not baseline and source.complete and not baseline.complete:
+        baseline.clean_from = source
+    return baseline
 
 
 def spliced_sums(host, baseline: CoreBaseline, batch: BaselineBatch, xhat_ND: Tensor) -> tuple[float, float]:
