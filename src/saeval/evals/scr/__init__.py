@@ -1,11 +1,13 @@
 """Spurious Correlation Removal (SAEBench scr_and_tpp with perform_scr=True)."""
 
+from saeval.analysis.erasure_config import DEMO_LLM_BATCH
 from saeval.evals.base import EvalSpec, Headline, register_eval
 from saeval.evals.scr.config import PairConfig, SCRConfig, SCRDetails, SCRMetrics, SCRResult, preflight
 
 SCR_PRESETS = {
     "demo": {"datasets": ["wordnet-pos"], "pairs": {"wordnet-pos": [("cognition", "body")]},
-             "train_set_size": 320, "test_set_size": 160, "ctx_len": 32, "sink_ratio": 10.0},
+             "train_set_size": 320, "test_set_size": 160, "ctx_len": 32, "sink_ratio": 10.0,
+             "llm_batch_size": DEMO_LLM_BATCH},
     "tiny": {"datasets": ["sotu"], "train_set_size": 40, "test_set_size": 20, "ctx_len": 16,
              "n_values": [2, 5, 10], "probe": {"epochs": 3}},
 }

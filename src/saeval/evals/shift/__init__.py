@@ -1,5 +1,6 @@
 """SHIFT with an automated judge (Marks et al. 2024 as automated by Karvonen et al. 2024; not in SAEBench)."""
 
+from saeval.analysis.erasure_config import DEMO_LLM_BATCH
 from saeval.evals.base import EvalSpec, Headline, register_eval
 from saeval.evals.shift.config import SHIFTConfig, SHIFTDetails, SHIFTMetrics, SHIFTResult, preflight
 
@@ -19,6 +20,7 @@ SPEC = register_eval(EvalSpec(
     presets={
         "demo": {"datasets": ["wordnet-pos"], "pairs": {"wordnet-pos": [("cognition", "body")]},
                  "train_set_size": 320, "test_set_size": 160, "ctx_len": 32, "sink_ratio": 10.0,
+                 "llm_batch_size": DEMO_LLM_BATCH,
                  # SmolLM2-135M as judge agreed with the probe reference on 35% of demo candidates, the embedding
                  # judge on 70%, in a second instead of a minute or more: the demo uses the latter.
                  "explainer": "tokens", "judge": "embedding"},

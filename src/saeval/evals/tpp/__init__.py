@@ -1,5 +1,6 @@
 """Targeted Probe Perturbation (Karvonen et al. 2024; SAEBench scr_and_tpp with perform_scr=False)."""
 
+from saeval.analysis.erasure_config import DEMO_LLM_BATCH
 from saeval.evals.base import EvalSpec, Headline, register_eval
 from saeval.evals.tpp.config import TPPConfig, TPPDetails, TPPMetrics, TPPResult, preflight
 
@@ -18,7 +19,7 @@ SPEC = register_eval(EvalSpec(
                 "probe accuracy drop (SAEBench)",
     presets={
         "demo": {"datasets": ["wordnet"], "train_set_size": 400, "test_set_size": 160, "ctx_len": 32,
-                 "sink_ratio": 10.0},
+                 "sink_ratio": 10.0, "llm_batch_size": DEMO_LLM_BATCH},
         "tiny": {"datasets": ["wordnet"], "train_set_size": 40, "test_set_size": 20, "ctx_len": 16,
                  "n_values": [2, 5, 10], "probe": {"epochs": 3}},
     },
