@@ -222,11 +222,11 @@ class CleanDistribution(NamedTuple):
 
     @classmethod
     def of(cls, clean_logits_BLV: Tensor, clean_normed_BLD: Tensor, W_VD: Tensor,
-           clean_logp_BLV: Tensor | None = None, clean_p_BLV: Tensor | None = None) -> CleanDistribution:
-        if clean_logp_BLV is None and clean_p_BLV is None:
+           clean_logp_BLV: Tensor | None = None) -> CleanDistribution:
+        if clean_logp_BLV is None:
             wide = clean_logits_BLV if clean_logits_BLV.dtype == torch.float64 else clean_logits_BLV.float()
             clean_logp_BLV = F.log_softmax(wide, -1)
-        p = clean_p_BLV if clean_p_BLV is not None else clean_logp_BLV.exp()
+        p = clean_logp_BLV.exp()
         return cls(proj_BLD=p.to(W_VD.dtype) @ W_VD, normed_BLD=clean_normed_BLD, lse_BL=_lse(clean_logits_BLV),
                    mass_BL=p.sum(-1).double())
 
@@ -240,15 +240,13 @@ class CleanDistribution(NamedTuple):
 
 
 def next_token_stats(logits_BLV: Tensor, clean: Tensor | CleanDistribution, tokens_BL: Tensor, keep_BL: Tensor,
-                     kl_last: bool = True, normed_BLD: Tensor | None = None,
-                     clean_p_BLV: Tensor | None = None) -> tuple[float, float, int, int]:
+                     kl_last: bool = True, normed_BLD: Tensor | None = None) -> tuple[float, float, int, int]:
     """Summed next-token CE and summed KL(clean || run), with their position counts, as SAELens's evals take them.
 
     A position counts when its input token is kept (``keep``: not special), whatever token follows it. CE needs
     a next token in the context: positions 0..L-2. KL compares next-token distributions, which the last position
     has too: positions 0..L-1, or 0..L-2 without ``kl_last``. ``clean``: the clean run's log-probs (all L), or
-    its :class:`CleanDistribution`, which also needs the run's final normed residual ``normed_BLD``;
-    ``clean_p_BLV``: exp of those log-probs when the caller already has it (the same KL, one exp less)."""
+    its :class:`CleanDistribution`, which also needs the run's final normed residual ``normed_BLD``."""
     logp = F.log_softmax(logits_BLV.float(), dim=-1)
     ce, n_ce, kl_keep = _next_token_ce(logp, tokens_BL, keep_BL, kl_last)
     if isinstance(clean, CleanDistribution):
@@ -256,7 +254,7 @@ def next_token_stats(logits_BLV: Tensor, clean: Tensor | CleanDistribution, toke
             raise ValueError("a CleanDistribution needs the run's final normed residual")
         kl = clean.kl_BL(logits_BLV, normed_BLD)
     else:
-        kl = ((clean.exp() if clean_p_BLV is None else clean_p_BLV) * (clean - logp)).sum(-1)
+        kl = (clean.exp() * (clean - logp)).sum(-1)
     return ce, float(kl[kl_keep].double().sum()), n_ce, int(kl_keep.sum())
 
 

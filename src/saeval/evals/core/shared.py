@@ -149,7 +149,7 @@ class CoreBaseline:
             source = None
         for i, start in enumerate(track(starts, description)):
             shared = source.kept[i].clean if source is not None else None
-            batch, pending = self._build(host, self.contexts_NL[start : start + self.batch_size], shared)
+            batch, pending = self._build(host, self.contexts_NL[start : start + self.batch_size], head, shared)
             if self.store and i == 0:
                 size = self._stored_bytes(batch, head)
                 self.store = size * len(starts) <= self.budget_bytes  # else every SAE recomputes the batches
@@ -157,11 +157,9 @@ class CoreBaseline:
                 # Every SAE, the first included, meets the same clean reference, so a result does not depend on
                 # the order the SAEs ran in: the projection, or (no affine head) a rerun of the clean model.
                 if isinstance(batch.clean, Tensor):
-                    logits, normed, clean_p = pending
-                    batch.clean = None if head is None else CleanDistribution.of(logits, normed, head, batch.clean,
-                                                                                 clean_p)
+                    batch.clean = pending
                 self.kept.append(batch)
-            del pending  # the V-wide clean logits: not held while the SAE runs
+            del pending
             yield batch
             if isinstance(batch.clean, Tensor):  # clean log-probs (V per position) serve one iteration only
                 batch.clean = None
@@ -180,11 +178,14 @@ class CoreBaseline:
         return size
 
     @torch.inference_mode()
-    def _build(self, host, tokens_BL: Tensor, shared_clean: CleanDistribution | None = None,
-               ) -> tuple[BaselineBatch, tuple[Tensor, Tensor, Tensor] | None]:
+    def _build(self, host, tokens_BL: Tensor, head: Tensor | None, shared_clean: CleanDistribution | None = None,
+               ) -> tuple[BaselineBatch, CleanDistribution | None]:
         """Run up to hook_out (capturing hook_in on the way), then the clean and zero-ablated continuations (the
-        zero-ablated one only, given the batch's ``shared_clean`` from another hook). With the batch, what a
-        CleanDistribution is made of: the clean logits, final normed residual and probabilities."""
+        zero-ablated one only, given the batch's ``shared_clean`` from another hook). With the batch, its clean
+        distribution when the unembedding ``head`` is affine.
+
+        The zero-ablated KL goes through that CleanDistribution whenever there is one, so it is the same number
+        whether this baseline ran its own clean continuation, borrowed another hook's, or keeps nothing."""
         mask = host.ordinary_mask(tokens_BL).to(host.device)
         captured: list[Tensor] = []
         transcoder = self.hook_in != self.hook_out
@@ -219,17 +220,21 @@ class CoreBaseline:
         logits = host.logits_from_residual(resid).float()
         B = len(tokens_BL)
         clean_logp = F.log_softmax(logits[:B], dim=-1)
-        clean_p = clean_logp.exp()  # for the zero-ablated KL and the CleanDistribution: one exp
         ce_clean, n_ce, n_kl = next_token_ce(clean_logp, tokens_BL, mask, self.kl_last)
-        ce_zero, kl_zero, _, _ = next_token_stats(logits[B:], clean_logp, tokens_BL, mask, self.kl_last,
-                                                  clean_p_BLV=clean_p)
+        clean: CleanDistribution | None = None
+        if head is not None:
+            clean = CleanDistribution.of(logits[:B], host.final_norm(resid[:B]), head, clean_logp)
+            ce_zero, kl_zero, _, _ = next_token_stats(logits[B:], clean, tokens_BL, mask, self.kl_last,
+                                                      normed_BLD=host.final_norm(resid[B:]))
+        else:
+            ce_zero, kl_zero, _, _ = next_token_stats(logits[B:], clean_logp, tokens_BL, mask, self.kl_last)
         self.ce_clean += ce_clean
         self.ce_zero += ce_zero
         self.kl_zero += kl_zero
         self.n_ce += n_ce
         self.n_kl += n_kl
         batch.clean = clean_logp
-        return batch, (logits[:B], host.final_norm(resid[:B]), clean_p)
+        return batch, clean
 
 
 def core_baseline(ctx, hook_in: str, hook_out: str, contexts_NL: Tensor, config) -> CoreBaseline:
