@@ -177,6 +177,12 @@ class CoreBaseline:
             size += positions * head.shape[1] * (head.element_size() + batch.acts_BLD.element_size()) + 16 * positions
         return size
 
+    def _add_zero(self, ce_zero: float, kl_zero: float, n_ce: int, n_kl: int) -> None:
+        self.ce_zero += ce_zero
+        self.kl_zero += kl_zero
+        self.n_ce += n_ce
+        self.n_kl += n_kl
+
     @torch.inference_mode()
     def _build(self, host, tokens_BL: Tensor, head: Tensor | None, shared_clean: CleanDistribution | None = None,
                ) -> tuple[BaselineBatch, CleanDistribution | None]:
@@ -208,31 +214,22 @@ class CoreBaseline:
         zero = zeros if self.zero_ablation_positions == "all" else splice(acts, zeros, mask)
         if shared_clean is not None:
             resid = host.residual_from(state, zero)
-            ce_zero, kl_zero, n_ce, n_kl = next_token_stats(host.logits_from_residual(resid), shared_clean, tokens_BL,
-                                                            mask, self.kl_last, normed_BLD=host.final_norm(resid))
-            self.ce_zero += ce_zero
-            self.kl_zero += kl_zero
-            self.n_ce += n_ce
-            self.n_kl += n_kl
+            self._add_zero(*next_token_stats(host.logits_from_residual(resid), shared_clean, tokens_BL, mask,
+                                             self.kl_last, normed_BLD=host.final_norm(resid)))
             batch.clean = shared_clean
             return batch, None
         resid = host.residual_from(state, torch.cat([acts, zero]))
         logits = host.logits_from_residual(resid).float()
         B = len(tokens_BL)
         clean_logp = F.log_softmax(logits[:B], dim=-1)
-        ce_clean, n_ce, n_kl = next_token_ce(clean_logp, tokens_BL, mask, self.kl_last)
+        self.ce_clean += next_token_ce(clean_logp, tokens_BL, mask, self.kl_last)[0]
         clean: CleanDistribution | None = None
         if head is not None:
             clean = CleanDistribution.of(logits[:B], host.final_norm(resid[:B]), head, clean_logp)
-            ce_zero, kl_zero, _, _ = next_token_stats(logits[B:], clean, tokens_BL, mask, self.kl_last,
-                                                      normed_BLD=host.final_norm(resid[B:]))
+            self._add_zero(*next_token_stats(logits[B:], clean, tokens_BL, mask, self.kl_last,
+                                             normed_BLD=host.final_norm(resid[B:])))
         else:
-            ce_zero, kl_zero, _, _ = next_token_stats(logits[B:], clean_logp, tokens_BL, mask, self.kl_last)
-        self.ce_clean += ce_clean
-        self.ce_zero += ce_zero
-        self.kl_zero += kl_zero
-        self.n_ce += n_ce
-        self.n_kl += n_kl
+            self._add_zero(*next_token_stats(logits[B:], clean_logp, tokens_BL, mask, self.kl_last))
         batch.clean = clean_logp
         return batch, clean
 
