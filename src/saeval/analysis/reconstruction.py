@@ -317,8 +317,8 @@ class SpliceLosses:
         out.n_positions, out.n_kl_positions = n_positions, n_kl_positions
         return out
 
-    def add_clean(self, clean_logits: Tensor, clean_logp: Tensor, tokens_BL: Tensor, mask_BL: Tensor) -> None:
-        ce_clean, _, n_ce, n_kl = next_token_stats(clean_logits, clean_logp, tokens_BL, mask_BL, self.kl_last)
+    def add_clean(self, clean_logp: Tensor, tokens_BL: Tensor, mask_BL: Tensor) -> None:
+        ce_clean, n_ce, n_kl = next_token_ce(clean_logp, tokens_BL, mask_BL, self.kl_last)
         self.ce_sums[0] += ce_clean
         self.n_positions += n_ce
         self.n_kl_positions += n_kl
@@ -376,11 +376,9 @@ def reconstruction_batches(
         x = acts[mask].float()
         clean = None
         if losses is not None:
-            clean_logits = host.run_from(state, acts).float()
-            clean = F.log_softmax(clean_logits, dim=-1)
+            clean = F.log_softmax(host.run_from(state, acts).float(), dim=-1)
             for loss in losses:
-                loss.add_clean(clean_logits, clean, tokens, mask)
-            del clean_logits
+                loss.add_clean(clean, tokens, mask)
         out = []
         for i, sae in enumerate(saes):
             sae.check_input(acts)
