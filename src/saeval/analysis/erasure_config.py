@@ -30,6 +30,7 @@ Mode = Literal["saebench", "validation"]
 # less per token than 16 (SmolLM2-135M to blocks.15).
 DEMO_LLM_BATCH = 64
 
+
 class ProbeConfig(BaseModel):
     """SAEBench's probe training (sparse_probing/probe_training.py)."""
 

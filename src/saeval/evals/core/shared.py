@@ -159,7 +159,6 @@ class CoreBaseline:
                 if isinstance(batch.clean, Tensor):
                     batch.clean = pending
                 self.kept.append(batch)
-            del pending
             yield batch
             if isinstance(batch.clean, Tensor):  # clean log-probs (V per position) serve one iteration only
                 batch.clean = None
@@ -236,16 +235,17 @@ class CoreBaseline:
 
 def core_baseline(ctx, hook_in: str, hook_out: str, contexts_NL: Tensor, config) -> CoreBaseline:
     """The run's CoreBaseline for these hooks, contexts and position options (built lazily by the first SAE)."""
-    key = ("core-baseline", ctx.host.name, id(ctx.host), hook_in, hook_out, contexts_digest(contexts_NL),
-           tuple(contexts_NL.shape), config.batch_size, config.compute_ce, config.zero_ablation_positions,
-           config.kl_positions, config.shared_memory_mb)
+    # What the clean continuation depends on; the baseline adds its hooks and the options of its own passes.
+    clean_key = ("core-clean", ctx.host.name, id(ctx.host), contexts_digest(contexts_NL), tuple(contexts_NL.shape),
+                 config.batch_size, config.compute_ce, config.kl_positions)
+    key = ("core-baseline", *clean_key[1:], hook_in, hook_out, config.zero_ablation_positions,
+           config.shared_memory_mb)
     if key not in ctx.memo:
         ctx.memo[key] = CoreBaseline(hook_in, hook_out, contexts_NL, config.batch_size, config.compute_ce,
                                      config.zero_ablation_positions, config.kl_positions == "ordinary",
                                      int(config.shared_memory_mb * 2**20))
     baseline = ctx.memo[key]
     # The first baseline over these contexts lends its clean distributions to those at other hooks of the run.
-    clean_key = ("core-clean", *key[1:3], *key[5:9], key[10])  # model, contexts, batch size, CE, KL positions
     source = ctx.run_memo.setdefault(clean_key, baseline)
     if source is not baseline and source.complete and not baseline.complete:
         baseline.clean_from = source
