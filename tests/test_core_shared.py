@@ -115,17 +115,10 @@ def test_over_budget_recomputes_per_sae(tiny_host):
         tiny_host, sae, shared_memory_mb=0, density=False).metrics.model_dump()
 
 
-def borrowed_contexts(ctx, hook):
-    """The eval contexts of the run's core baseline at ``hook``."""
-    (baseline,) = [b for k, b in ctx.memo.items() if k[:1] == ("core-baseline",) and k[4] == hook]
-    assert baseline.clean_from is not None
-    return baseline.contexts_NL
-
-
 def test_a_second_hook_borrows_the_clean_distribution(tiny_host):
     """The clean model does not depend on the hook: core at a second hook of the same run (same contexts) runs only
-    its zero-ablated continuation per batch beside the prefix, and reports what a run of its own reports (clean
-    CE identical; zero-ablated KL through the projection, within KL_TOL of the elementwise sum)."""
+    its zero-ablated continuation per batch beside the prefix, and reports exactly what a run of its own reports
+    (the zero-ablated KL goes through the clean distribution in both)."""
     d = tiny_host.d_model
     ctx = EvalContext(host=tiny_host, hook=HOOK, preset="tiny")
     run_core(tiny_host, topk_sae(d, 0), ctx, density=False)
@@ -140,14 +133,11 @@ def test_a_second_hook_borrows_the_clean_distribution(tiny_host):
     finally:
         handle.remove()
     # Per batch, through the last block: the zero-ablated run and the SAE's spliced run, no clean rows.
-    assert len(rows) == 2 * N_EVAL_BATCHES and sum(rows) == 2 * len(borrowed_contexts(other, early))
+    n_contexts = math.ceil(TINY.n_eval_tokens / TINY.ctx_len)
+    assert len(rows) == 2 * N_EVAL_BATCHES and sum(rows) == 2 * n_contexts
     alone = run_core(tiny_host, sae, hook=early, density=False)
-    a, b = borrowed.metrics.model_dump(), alone.metrics.model_dump()
-    for key in ("ce_loss_without_sae", "ce_loss_with_sae", "kl_div_with_sae", "l0", "mse"):
-        assert a[key] == b[key], key
-    assert a["ce_loss_with_ablation"] == pytest.approx(b["ce_loss_with_ablation"], rel=1e-7)
-    assert a["kl_div_with_ablation"] == pytest.approx(b["kl_div_with_ablation"], abs=KL_TOL)
-    assert a["kl_div_with_ablation"] > 1e3 * KL_TOL
+    assert borrowed.metrics.model_dump() == alone.metrics.model_dump()
+    assert borrowed.metrics.kl_div_with_ablation > 1e3 * KL_TOL
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
