@@ -15,7 +15,7 @@ from saeval.analysis.reconstruction import CleanDistribution
 from saeval.data.corpora import load_contexts
 from saeval.errors import SaevalError
 from saeval.evals import EvalContext
-from saeval.evals.core import SPEC
+from saeval.evals.core import SPEC, shared
 from saeval.saes import SAEConfig, create_sae
 
 HOOK = "blocks.1.hook_resid_post"
@@ -63,6 +63,17 @@ def block_calls(host):
     finally:
         for h in handles:
             h.remove()
+
+
+@contextmanager
+def last_block_rows(host):
+    """The batch size of every run through the last block."""
+    rows: list[int] = []
+    handle = host.blocks[-1].register_forward_pre_hook(lambda _m, args: rows.append(len(args[0])))
+    try:
+        yield rows
+    finally:
+        handle.remove()
 
 
 def run_core(host, sae, ctx=None, hook=HOOK, **overrides):
@@ -126,18 +137,65 @@ def test_a_second_hook_borrows_the_clean_distribution(tiny_host):
     other = EvalContext(host=tiny_host, hook=early, preset="tiny", run_memo=ctx.run_memo)
     sae = topk_sae(d, 1)
     sae.cfg = sae.cfg.model_copy(update={"hook_name": early})
-    rows: list[int] = []
-    handle = tiny_host.blocks[-1].register_forward_pre_hook(lambda _m, args: rows.append(len(args[0])))
-    try:
+    with last_block_rows(tiny_host) as rows:
         borrowed = run_core(tiny_host, sae, other, hook=early, density=False)
-    finally:
-        handle.remove()
-    # Per batch, through the last block: the zero-ablated run and the SAE's spliced run, no clean rows.
+    # Through the last block: once one context's zero-ablated positions (uniform_zero_run), then per batch only
+    # the SAE's spliced run; no clean rows.
     n_contexts = math.ceil(TINY.n_eval_tokens / TINY.ctx_len)
-    assert len(rows) == 2 * N_EVAL_BATCHES and sum(rows) == 2 * n_contexts
+    assert rows[0] == 1 and len(rows) == 1 + N_EVAL_BATCHES and sum(rows[1:]) == n_contexts
     alone = run_core(tiny_host, sae, hook=early, density=False)
     assert borrowed.metrics.model_dump() == alone.metrics.model_dump()
     assert borrowed.metrics.kl_div_with_ablation > 1e3 * KL_TOL
+
+
+def test_a_uniform_residual_stream_runs_as_one_vector(tiny_host):
+    """The claim uniform_zero_run rests on, on the model itself: a residual stream holding one vector at every
+    position gives the same logits at every position of every context. A random vector shows it is not only a
+    bias-free model mapping zeros to zeros (which it does: the zero-ablated logits are all 0, uniform)."""
+    tokens = load_contexts(tiny_host, "sotu", 4 * TINY.ctx_len, TINY.ctx_len, 0)
+    acts, state = tiny_host.prefix(tokens, HOOK)
+    value = torch.randn(tiny_host.d_model, generator=torch.Generator().manual_seed(0)) * acts.std()
+    with torch.inference_mode():
+        logits = tiny_host.run_from(state, value.expand_as(acts).contiguous()).flatten(0, 1)
+        zeroed = tiny_host.run_from(state, torch.zeros_like(acts)).flatten(0, 1)
+    assert logits.std(-1).min() > 1e-2  # not constant over the vocabulary
+    assert torch.allclose(logits, logits[:1].expand_as(logits), atol=1e-5)
+    uniform = shared.uniform_zero_run(tiny_host, tokens, HOOK)
+    assert uniform is not None and torch.allclose(uniform[0].expand_as(zeroed), zeroed, atol=1e-5)
+
+
+def test_uniform_zero_run_equals_the_full_zero_ablated_batch(tiny_host, monkeypatch):
+    """Core's zero-ablated CE and KL from the one-vector run equal those of the full zero-ablated batches, and so
+    does everything else."""
+    sae = topk_sae(tiny_host.d_model, 0)
+    n_contexts = math.ceil(TINY.n_eval_tokens / TINY.ctx_len)
+    with last_block_rows(tiny_host) as rows:
+        fast = run_core(tiny_host, sae, density=False).metrics.model_dump()
+    assert sum(rows) == 1 + 2 * n_contexts  # one context's zeroed positions, then clean and spliced rows
+    monkeypatch.setattr(shared, "uniform_zero_run", lambda *_a, **_k: None)
+    with last_block_rows(tiny_host) as rows:
+        full = run_core(tiny_host, sae, density=False).metrics.model_dump()
+    assert sum(rows) == 3 * n_contexts  # clean, zero-ablated and spliced rows
+    for key in ("ce_loss_with_ablation", "kl_div_with_ablation", "ce_loss_score", "kl_div_score"):
+        assert fast[key] == pytest.approx(full[key], rel=1e-6, abs=1e-7), key
+        fast.pop(key), full.pop(key)
+    assert fast == full
+
+
+def test_position_dependent_continuations_run_the_full_batch(tiny_host, monkeypatch):
+    """uniform_zero_run declines when the zeroed run is not one vector: a hook inside a block (the residual
+    stream is not zeroed), a continuation that adds a position-dependent term, or zero ablation at ordinary
+    tokens only (BOS keeps its activation, so core runs the full batch)."""
+    tokens = load_contexts(tiny_host, "sotu", TINY.ctx_len, TINY.ctx_len, 0)
+    assert shared.uniform_zero_run(tiny_host, tokens, "blocks.1.hook_attn_out") is None
+    plain = tiny_host.residual_from
+    shifted = lambda state, acts: plain(state, acts) + torch.arange(acts.shape[1])[None, :, None]  # noqa: E731
+    monkeypatch.setattr(tiny_host, "residual_from", shifted)
+    assert shared.uniform_zero_run(tiny_host, tokens, HOOK) is None
+    monkeypatch.undo()
+    with last_block_rows(tiny_host) as rows:
+        run_core(tiny_host, topk_sae(tiny_host.d_model, 0), zero_ablation_positions="ordinary", density=False)
+    assert sum(rows) == 3 * math.ceil(TINY.n_eval_tokens / TINY.ctx_len)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

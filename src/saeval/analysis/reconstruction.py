@@ -258,6 +258,20 @@ def next_token_stats(logits_BLV: Tensor, clean: Tensor | CleanDistribution, toke
     return ce, float(kl[kl_keep].double().sum()), n_ce, int(kl_keep.sum())
 
 
+def uniform_run_stats(logits_V: Tensor, normed_D: Tensor, clean: Tensor | CleanDistribution, tokens_BL: Tensor,
+                      keep_BL: Tensor, kl_last: bool = True) -> tuple[float, float, int, int]:
+    """next_token_stats of a run whose logits are ``logits_V`` (final normed residual ``normed_D``) at every
+    position, such as a residual stream zeroed everywhere: one log_softmax over V instead of one per position."""
+    logp_V = F.log_softmax(logits_V.float(), dim=-1)
+    B, L = tokens_BL.shape
+    ce, n_ce, kl_keep = _next_token_ce(logp_V.expand(B, L, -1), tokens_BL, keep_BL, kl_last)
+    if isinstance(clean, CleanDistribution):
+        kl = clean.kl_BL(logits_V.view(1, 1, -1), normed_D.view(1, 1, -1))
+    else:
+        kl = (clean.exp() * (clean - logp_V)).sum(-1)
+    return ce, float(kl[kl_keep].double().sum()), n_ce, int(kl_keep.sum())
+
+
 def next_token_ce(logp_BLV: Tensor, tokens_BL: Tensor, keep_BL: Tensor, kl_last: bool = True,
                   ) -> tuple[float, int, int]:
     """next_token_stats of a run against itself (KL 0) from its log-probs: summed CE and the two position counts."""

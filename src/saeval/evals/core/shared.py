@@ -31,6 +31,7 @@ from saeval.analysis.reconstruction import (
     next_token_ce,
     next_token_stats,
     splice,
+    uniform_run_stats,
     with_reconstruction,
 )
 from saeval.data.activations import check_finite
@@ -127,6 +128,9 @@ class CoreBaseline:
     kl_zero: float = 0.0
     n_ce: int = 0
     n_kl: int = 0
+    # The zero-ablated run's logits and final normed residual when they are one vector at every position (see
+    # uniform_zero_run); False until looked for, None when the full run is needed.
+    zero_uniform: tuple[Tensor, Tensor] | None | bool = False
 
     @property
     def nbytes(self) -> int:
@@ -209,15 +213,22 @@ class CoreBaseline:
         batch = BaselineBatch(tokens_BL, mask, acts, x_in, state)
         if not self.compute_ce:
             return batch, None
+        if self.zero_uniform is False:
+            self.zero_uniform = (uniform_zero_run(host, tokens_BL, self.hook_out)
+                                 if self.zero_ablation_positions == "all" else None)
+        uniform = self.zero_uniform
         zeros = torch.zeros_like(acts)
         zero = zeros if self.zero_ablation_positions == "all" else splice(acts, zeros, mask)
         if shared_clean is not None:
-            resid = host.residual_from(state, zero)
-            self._add_zero(*next_token_stats(host.logits_from_residual(resid), shared_clean, tokens_BL, mask,
-                                             self.kl_last, normed_BLD=host.final_norm(resid)))
+            if uniform is not None:
+                self._add_zero(*uniform_run_stats(*uniform, shared_clean, tokens_BL, mask, self.kl_last))
+            else:
+                resid = host.residual_from(state, zero)
+                self._add_zero(*next_token_stats(host.logits_from_residual(resid), shared_clean, tokens_BL, mask,
+                                                 self.kl_last, normed_BLD=host.final_norm(resid)))
             batch.clean = shared_clean
             return batch, None
-        resid = host.residual_from(state, torch.cat([acts, zero]))
+        resid = host.residual_from(state, acts if uniform is not None else torch.cat([acts, zero]))
         logits = host.logits_from_residual(resid).float()
         B = len(tokens_BL)
         clean_logp = F.log_softmax(logits[:B], dim=-1)
@@ -225,12 +236,34 @@ class CoreBaseline:
         clean: CleanDistribution | None = None
         if head is not None:
             clean = CleanDistribution.of(logits[:B], host.final_norm(resid[:B]), head, clean_logp)
-            self._add_zero(*next_token_stats(logits[B:], clean, tokens_BL, mask, self.kl_last,
-                                             normed_BLD=host.final_norm(resid[B:])))
+        reference = clean if clean is not None else clean_logp
+        if uniform is not None:
+            self._add_zero(*uniform_run_stats(*uniform, reference, tokens_BL, mask, self.kl_last))
         else:
-            self._add_zero(*next_token_stats(logits[B:], clean_logp, tokens_BL, mask, self.kl_last))
+            self._add_zero(*next_token_stats(logits[B:], reference, tokens_BL, mask, self.kl_last,
+                                             normed_BLD=host.final_norm(resid[B:]) if clean is not None else None))
         batch.clean = clean_logp
         return batch, clean
+
+
+@torch.inference_mode()
+def uniform_zero_run(host, tokens_BL: Tensor, hook: str, positions: int = 4) -> tuple[Tensor, Tensor] | None:
+    """The run from ``hook`` with the residual stream zeroed at every position, as one (logits_V, normed_D).
+
+    When every position of the residual stream holds the same vector, every later position does too: each
+    attention head averages identical values, however its weights fall (causal mask, rotary, ALiBi), and the
+    rest acts per position. So the zero-ablated run of every context is one vector, and a few positions of one
+    context give it. The first ``positions`` positions are run and must agree; they would not for a model that
+    adds position-dependent terms after the hook, and then (or for a hook inside a block, where zeroing leaves
+    the residual stream alone) this returns None and the caller runs the full zero-ablated batch."""
+    if host.hook(hook).kind not in ("hook_resid_pre", "hook_resid_post") or tokens_BL.shape[1] < 2:
+        return None
+    acts, state = host.prefix(tokens_BL[:1, :positions], hook)
+    resid_D = host.residual_from(state, torch.zeros_like(acts))[0]
+    if not torch.allclose(resid_D, resid_D[:1].expand_as(resid_D), rtol=1e-4, atol=1e-5):
+        return None
+    normed_1D = host.final_norm(resid_D[:1])
+    return host.logits_from_residual(resid_D[:1])[0].float(), normed_1D[0]
 
 
 def core_baseline(ctx, hook_in: str, hook_out: str, contexts_NL: Tensor, config) -> CoreBaseline:
