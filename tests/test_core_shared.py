@@ -329,3 +329,37 @@ def test_projection_only_for_affine_full_precision_heads(smollm2_tokenizer):
     host.model.to(torch.float32)
     host.config.final_logit_softcapping = 30.0
     assert linear_unembedding(host) is None
+
+
+def windows_records(host, sae, contexts, memo):
+    from saeval.analysis.windows import collect_windows, shared_host
+
+    result = collect_windows(shared_host(host, HOOK, contexts, memo), [(sae, range(sae.d_sae))], contexts, HOOK,
+                             window=8, k=3, reservoir=5, n_pool=10)[0]
+    return {f: result.latents[f].model_dump() for f in result.features}
+
+
+def test_core_activations_serve_the_windows_passes(tiny_host):
+    """A windows pass over core's contexts (same corpus, seed and ctx_len) finds their activations in the run's
+    memo, from the eval batches and the density batches alike: no forward, and the same windows as its own pass."""
+    sae = topk_sae(tiny_host.d_model, 0)
+    ctx = EvalContext(host=tiny_host, hook=HOOK, preset="tiny")
+    run_core(tiny_host, sae, ctx)
+    contexts = load_contexts(tiny_host, ctx.corpus, TINY.n_density_tokens, TINY.ctx_len, ctx.seed)
+    with block_calls(tiny_host) as calls:
+        shared = windows_records(tiny_host, sae, contexts, ctx.memo)
+    assert calls["first"] == 0
+    assert shared == windows_records(tiny_host, sae, contexts, {})
+
+
+def test_core_density_reads_a_windows_pass(tiny_host):
+    """The other way round: after a windows pass over the density contexts, core runs only its eval batches up to
+    the hook, and reports what it reports alone."""
+    sae = topk_sae(tiny_host.d_model, 0)
+    ctx = EvalContext(host=tiny_host, hook=HOOK, preset="tiny")
+    contexts = load_contexts(tiny_host, ctx.corpus, TINY.n_density_tokens, TINY.ctx_len, ctx.seed)
+    windows_records(tiny_host, sae, contexts, ctx.memo)
+    with block_calls(tiny_host) as calls:
+        after = run_core(tiny_host, sae, ctx)
+    assert calls["first"] == N_EVAL_BATCHES + 1  # the eval batches' prefix and the zero-run probe's
+    assert after.metrics.model_dump() == run_core(tiny_host, sae).metrics.model_dump()

@@ -28,10 +28,9 @@ import torch
 from torch import Tensor
 
 from saeval.analysis.window_records import CRITERIA, ActExample, LatentWindows
-from saeval.data.activations import check_finite
+from saeval.data.activations import check_finite, run_activations, tokens_key
 from saeval.data.corpora import load_contexts
 from saeval.errors import SaevalError
-from saeval.hashing import tensors_fingerprint
 from saeval.progress import track
 
 
@@ -338,7 +337,7 @@ def pick_active_latents(
 
 
 # The forward to a hook over a run's contexts depends only on (model, hook, tokens), not on the SAE: it is kept in
-# the run's memo for the next SAE and the next eval when small (the demo's 16k tokens at d_model 576: 38 MB).
+# the run's memo for the next SAE and the next eval when small (the demo's 32k tokens at d_model 576: 75 MB).
 MEMO_MAX_FLOATS = 64_000_000
 
 
@@ -357,7 +356,7 @@ class SharedCapture:
                 interventions=None) -> dict[str, Tensor]:
         if list(hooks) != [self._hook] or attention_mask_BL is not None or interventions:
             return self._host.capture(tokens_BL, hooks, attention_mask_BL, interventions)
-        key = tensors_fingerprint([("tokens", tokens_BL)])  # content, dtype and shape
+        key = tokens_key(tokens_BL)
         if key not in self._store:
             self._store[key] = self._host.capture(tokens_BL, hooks)[self._hook]
         return {self._hook: self._store[key]}
@@ -368,7 +367,7 @@ def shared_host(host, hook: str, contexts_NL: Tensor, memo: dict | None):
     (a run's ``ctx.memo``) when they fit MEMO_MAX_FLOATS; the plain host otherwise or without a memo."""
     if memo is None or contexts_NL.numel() * host.d_model > MEMO_MAX_FLOATS:
         return host
-    return SharedCapture(host, hook, memo.setdefault(("hook-activations", id(host), hook), {}))
+    return SharedCapture(host, hook, run_activations(memo, host, hook))
 
 
 def top_activated_windows(

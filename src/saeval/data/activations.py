@@ -33,6 +33,20 @@ def check_finite(acts: Tensor, where: str) -> None:
         raise SaevalError(f"activations at {where} contain NaN or inf: check the model dtype and inputs")
 
 
+def run_activations(memo: dict, host, hook: str) -> dict[str, Tensor]:
+    """A run's activations at ``hook`` ([B, L, D] as ``host.capture`` returns them), by batch of tokens
+    (:func:`tokens_key`), kept in the run's ``memo``: a pass that finds its batch here skips the forward. The
+    windows passes (analysis.windows.SharedCapture) and core's passes fill and read it."""
+    return memo.setdefault(("hook-activations", id(host), hook), {})
+
+
+def tokens_key(tokens_BL: Tensor) -> str:
+    """A batch of tokens by content, dtype and shape."""
+    from saeval.hashing import tensors_fingerprint
+
+    return tensors_fingerprint([("tokens", tokens_BL)])
+
+
 def stream_activations(host, hook: str, contexts_NL: Tensor, batch_size: int = 8) -> Iterator[ActivationBatch]:
     """One batch of contexts at a time, capture stopping after the hook's block."""
     for start in range(0, len(contexts_NL), batch_size):

@@ -26,7 +26,9 @@ SPEC = register_eval(
             # latents x 6 examples here). Measured ~8 for the first SAE, ~6 for the next; the former 8 latents
             # x 8 examples over 8k tokens cost ~17 and ~14 (bench_shared_work). The 135M judge scores near chance
             # at any size (details.judge_note says so).
-            "demo": {"n_latents": 4, "n_tokens": 4096, "ctx_len": 129, "window": 16, "n_pool": 300,
+            # Its contexts are the first of core's demo contexts (same corpus, seed and ctx_len 128), whose
+            # activations the windows pass finds in the run's memo.
+            "demo": {"n_latents": 4, "n_tokens": 8192, "window": 16, "n_pool": 300,
                      "n_top_explain": 6, "n_iw_explain": 2, "n_top_score": 2, "n_iw_score": 1, "n_random": 3,
                      "max_explanation_tokens": 16, "explain": DEMO_EXPLAIN},
             "tiny": {"n_latents": 3, "n_tokens": 2048, "ctx_len": 65, "window": 16, "n_pool": 60, "min_count": 2,

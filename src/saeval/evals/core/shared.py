@@ -16,7 +16,6 @@ Beyond ``shared_memory_mb`` nothing is kept: every SAE recomputes the batches as
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -34,7 +33,7 @@ from saeval.analysis.reconstruction import (
     uniform_run_stats,
     with_reconstruction,
 )
-from saeval.data.activations import check_finite
+from saeval.data.activations import check_finite, run_activations, tokens_key
 from saeval.errors import SaevalError
 from saeval.progress import track
 
@@ -131,6 +130,8 @@ class CoreBaseline:
     # The zero-ablated run's logits and final normed residual when they are one vector at every position (see
     # uniform_zero_run); False until looked for, None when the full run is needed.
     zero_uniform: tuple[Tensor, Tensor] | None | bool = False
+    # The run's activations at hook_out (run_activations): each kept batch's go there, for the windows passes.
+    share_into: dict[str, Tensor] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -163,6 +164,8 @@ class CoreBaseline:
                 if isinstance(batch.clean, Tensor):
                     batch.clean = pending
                 self.kept.append(batch)
+                if self.share_into is not None:
+                    self.share_into[tokens_key(batch.tokens_BL)] = batch.acts_BLD
             yield batch
             if isinstance(batch.clean, Tensor):  # clean log-probs (V per position) serve one iteration only
                 batch.clean = None
@@ -276,7 +279,8 @@ def core_baseline(ctx, hook_in: str, hook_out: str, contexts_NL: Tensor, config)
     if key not in ctx.memo:
         ctx.memo[key] = CoreBaseline(hook_in, hook_out, contexts_NL, config.batch_size, config.compute_ce,
                                      config.zero_ablation_positions, config.kl_positions == "ordinary",
-                                     int(config.shared_memory_mb * 2**20))
+                                     int(config.shared_memory_mb * 2**20),
+                                     share_into=run_activations(ctx.memo, ctx.host, hook_out))
     baseline = ctx.memo[key]
     # The first baseline over these contexts lends its clean distributions to those at other hooks of the run.
     source = ctx.run_memo.setdefault(clean_key, baseline)
@@ -304,33 +308,41 @@ def spliced_sums(host, baseline: CoreBaseline, batch: BaselineBatch, xhat_ND: Te
 
 @dataclass
 class DensityActivations:
-    """Encoder inputs (ordinary tokens, float32) of the density-only contexts, kept when within budget."""
+    """The density-only contexts' activations at the encoder's hook, by batch ([B, L, D] and the ordinary-token
+    mask), kept when within budget; each batch is also in the run's activations at that hook (run_activations)."""
 
-    chunks: list[Tensor] | None
+    chunks: list[tuple[Tensor, Tensor]] | None
     nbytes: int = 0
 
 
 def density_activations(ctx, hook_in: str, contexts_NL: Tensor, batch_size: int, budget_bytes: int,
                         description: str) -> Iterator[Tensor]:
-    """Encoder inputs of the density contexts in batches: captured once per run when they fit in
-    ``budget_bytes``, else captured again for each SAE (capture stops after hook_in's block)."""
-    from saeval.data.activations import stream_activations
-
+    """Encoder inputs (ordinary tokens, float32) of the density contexts in batches: captured once per run when
+    they fit in ``budget_bytes``, else captured again for each SAE (capture stops after hook_in's block). A batch
+    another pass of the run already captured at hook_in (a windows pass over the same contexts) is not rerun."""
     host = ctx.host
     key = ("core-density", host.name, id(host), hook_in, contexts_digest(contexts_NL), tuple(contexts_NL.shape))
     kept: DensityActivations | None = ctx.memo.get(key)
     if kept is not None and kept.chunks is not None:
-        yield from track(kept.chunks, description)
+        for acts_BLD, mask_BL in track(kept.chunks, description):
+            yield acts_BLD[mask_BL].float()
         return
-    n_ordinary = int(host.ordinary_mask(contexts_NL).sum())
-    fits = n_ordinary * host.d_model * 4 <= budget_bytes if kept is None else False
-    chunks: list[Tensor] = []
-    total = math.ceil(len(contexts_NL) / batch_size)
-    for batch in track(stream_activations(host, hook_in, contexts_NL, batch_size), description, total=total):
-        flat = batch.flat()
+    element = torch.empty(0, dtype=host.dtype).element_size()
+    fits = contexts_NL.numel() * host.d_model * element <= budget_bytes if kept is None else False
+    shared = run_activations(ctx.memo, host, hook_in)
+    chunks: list[tuple[Tensor, Tensor]] = []
+    for start in track(range(0, len(contexts_NL), batch_size), description):
+        tokens_BL = contexts_NL[start : start + batch_size]
+        name = tokens_key(tokens_BL)
+        acts_BLD = shared.get(name)
+        if acts_BLD is None:
+            acts_BLD = host.capture(tokens_BL, [hook_in])[hook_in]
+            check_finite(acts_BLD, f"{host.name} {hook_in}")
+        mask_BL = host.ordinary_mask(tokens_BL).to(acts_BLD.device)
         if fits:
-            chunks.append(flat)
-        yield flat
+            chunks.append((acts_BLD, mask_BL))
+            shared[name] = acts_BLD
+        yield acts_BLD[mask_BL].float()
     ctx.memo[key] = DensityActivations(chunks if fits else None, tensor_bytes(chunks) if fits else 0)
 
 

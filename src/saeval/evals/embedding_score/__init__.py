@@ -18,7 +18,9 @@ SPEC = register_eval(
         description="embedding score (delphi): AUROC of query-window cosine, activating (by quantile, "
         "disjoint from the explaining windows) vs random non-activating windows",
         presets={
-            "demo": {"n_latents": 32, "n_tokens": 16_384, "reservoir": 200, "n_pool": 400, "n_test": 20,
+            # Core's demo contexts (32,768 tokens of 128, seeded alike): the windows pass finds their activations in
+            # the run's memo and runs no forward. Three windows of 32 per context (the default 129 fits four).
+            "demo": {"n_latents": 32, "n_tokens": 32_768, "ctx_len": 128, "reservoir": 200, "n_pool": 400, "n_test": 20,
                      "n_random": 20, "explain": DEMO_EXPLAIN},
             "tiny": {"n_latents": 3, "n_tokens": 2048, "ctx_len": 65, "window": 16, "reservoir": 40, "n_pool": 60,
                      "n_test": 10, "n_random": 10, "n_quantiles": 5, "explain": TINY_EXPLAIN},

@@ -50,11 +50,11 @@ class CaseStudyConfig(StudyConfig):
 
 
 PRESETS: dict[str, dict] = {
-    # Fewer scales, generations and corpus tokens. The contexts are the embedding_score demo's (16,384 tokens of
-    # 129), so the forward to the hook is shared with it through the run's memo; the explanations use its template.
+    # Fewer scales, generations and corpus tokens. The contexts are core's and the embedding_score demo's (32,768
+    # tokens of 128), so the forward to the hook is shared with them through the run's memo; the explanations use
+    # the embedding score's template.
     "demo": {
-        "n_tokens": 16_384,
-        "ctx_len": 129,
+        "n_tokens": 32_768,
         "explain": {"template": "meaning", "n_search_scales": 6, "n_generation_scales": 2, "generation_scales": "best",
                     "max_new_tokens": 16, "batch_size": 64},
         "embedding": {"n_test": 20, "n_random": 20, "reservoir": 200, "n_pool": 400},
