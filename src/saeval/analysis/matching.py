@@ -459,7 +459,7 @@ def cross_data_table(host, saes: list, corpus: str, hook: str, contexts_NL: Tens
     from saeval.analysis.reconstruction import ReconstructionStats, SpliceLosses, reconstruction_batches
 
     stats = [ReconstructionStats(sae.d_in, sae.d_sae) for sae in saes]
-    losses = [SpliceLosses() for _ in saes]
+    losses = [SpliceLosses(kl=False) for _ in saes]  # the table reports CE, not KL
     sums = np.zeros((len(saes), 5))  # per SAE: err, err^2, x, x^2, element count
     description = f"cross-data {', '.join(sae.name for sae in saes)} on {corpus}"
     for batch in reconstruction_batches(host, saes, hook, contexts_NL, batch_size, stats, losses, description):

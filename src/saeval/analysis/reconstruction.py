@@ -310,10 +310,12 @@ class SpliceLosses:
     spliced run (:meth:`add_spliced`).
 
     ``kl_positions`` "ordinary" averages KL over every ordinary position, the last included (SAELens/SAEBench);
-    "with_next_token" over the CE positions only (0..L-2)."""
+    "with_next_token" over the CE positions only (0..L-2). ``kl=False`` sums CE only (the cross-data table
+    reports no KL): the elementwise KL over the vocabulary costs several times a log_softmax."""
 
-    def __init__(self, kl_positions: KLPositions = "ordinary"):
+    def __init__(self, kl_positions: KLPositions = "ordinary", kl: bool = True):
         self.zero_ablation = False
+        self.kl = kl
         self.kl_last = kl_positions == "ordinary"
         self.ce_sums = np.zeros(3)  # clean, sae, zero
         self.kl_sums = np.zeros(2)  # sae, zero
@@ -338,6 +340,9 @@ class SpliceLosses:
         self.n_kl_positions += n_kl
 
     def add_spliced(self, logits: Tensor, clean_logp: Tensor, tokens_BL: Tensor, mask_BL: Tensor) -> None:
+        if not self.kl:
+            self.ce_sums[1] += next_token_ce(F.log_softmax(logits.float(), dim=-1), tokens_BL, mask_BL)[0]
+            return
         ce_sae, kl_sae, _, _ = next_token_stats(logits, clean_logp, tokens_BL, mask_BL, self.kl_last)
         self.ce_sums[1] += ce_sae
         self.kl_sums[0] += kl_sae
@@ -345,7 +350,7 @@ class SpliceLosses:
     def summary(self) -> dict[str, float]:
         """SAEBench's CE and KL numbers; the scores need the zero-ablated run (NaN without it)."""
         ce_clean, ce_sae, ce_zero = self.ce_sums / self.n_positions
-        kl_sae, kl_zero = self.kl_sums / self.n_kl_positions
+        kl_sae, kl_zero = self.kl_sums / self.n_kl_positions if self.kl else (math.nan, math.nan)
         out = {"ce_loss_without_sae": ce_clean, "ce_loss_with_sae": ce_sae, "kl_div_with_sae": kl_sae}
         if self.zero_ablation:
             denom = ce_zero - ce_clean
