@@ -205,14 +205,14 @@ class GenHost:
     def fingerprint(self) -> str:
         return "fake-gen-weights"
 
-    def generate(self, prompt, mask, max_new_tokens, temperature, seed):
+    def sample_unconditional(self, batch_size, max_new_tokens, temperature, seed, stop_ids):
         if self.kill_at is not None and seed == self.kill_at:
             os.kill(os.getpid(), signal.SIGKILL)  # mid-generation, no cleanup handler runs
         self.seeds.append(seed)
         gen = torch.Generator().manual_seed(seed)
-        out = torch.randint(2, 100, (len(prompt), max_new_tokens), generator=gen)
+        out = torch.randint(2, 100, (batch_size, max_new_tokens), generator=gen)
         out[0, max_new_tokens // 2] = 0
-        return out
+        return [selfgen._cut(row, stop_ids).tolist() for row in out]
 
 
 def _generate_until_killed(n_tokens: int, kill_at: int) -> None:

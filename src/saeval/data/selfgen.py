@@ -1,10 +1,10 @@
 """The host's own text: unconditional samples from a BOS prompt at temperature 1 (FaithfulSAE, methods.md C2).
 
-Samples are generated in batches (``host.generate``), cut at the first special token (end of text). Each batch
-is one record of token ids in saeval.data.cache (kind ``selfgen``), keyed by (model fingerprint, seed,
-temperature, sample length, batch size, batch index) and written as soon as it is sampled: a run killed
-mid-generation resumes at the first missing batch, a later request for more tokens adds batches, and the same
-request always returns the same tokens (batch b is sampled with seed ``seed * 1_000_003 + b``).
+Samples are generated in batches (``host.sample_unconditional``), cut before the first special token (end of
+text). Each batch is one record of token ids in saeval.data.cache (kind ``selfgen``), keyed by (model
+fingerprint, seed, temperature, sample length, batch size, batch index) and written as soon as it is sampled:
+a run killed mid-generation resumes at the first missing batch, a later request for more tokens adds batches,
+and the same request always returns the same tokens (batch b is sampled with seed ``seed * 1_000_003 + b``).
 ``load_contexts(host, "self-generated", n_tokens, ctx_len, seed)`` draws its contexts from these samples.
 """
 
@@ -20,16 +20,16 @@ from saeval.errors import SaevalError
 from saeval.progress import progress_bar
 
 CORPUS_NAME = "self-generated"
-FORMAT = 2
+FORMAT = 3  # 3: sampled by LanguageHost.sample_unconditional
 
 
 def batch_key(host, seed: int, temperature: float, sample_len: int, batch_size: int, batch: int) -> CacheKey:
     # Keyed by the model's content (weights, config, tokenizer), not its name. Batch b is sampled with its own
-    # seed, so the batch size and the sampler ("inverse-cdf", the one of LanguageHost.generate) decide which
-    # samples come out: both are part of the key.
+    # seed, so the batch size and the sampler (LanguageHost.sample_unconditional's loop, inverse-CDF sampling)
+    # decide which samples come out: both are part of the key.
     return CacheKey("selfgen", {"format": FORMAT, "model": host.fingerprint(), "seed": seed,
                                 "temperature": temperature, "sample_len": sample_len, "batch_size": batch_size,
-                                "sampler": "inverse-cdf", "batch": batch})
+                                "sampler": "inverse-cdf-unconditional-loop", "batch": batch})
 
 
 def _cut(row: Tensor, special: Tensor) -> Tensor:
@@ -39,10 +39,8 @@ def _cut(row: Tensor, special: Tensor) -> Tensor:
 
 
 def _sample(host, batch_size: int, sample_len: int, temperature: float, seed: int) -> list[list[int]]:
-    prompt = torch.full((batch_size, 1), host.bos_id, dtype=torch.long)
-    new = host.generate(prompt, torch.ones_like(prompt), max_new_tokens=sample_len, temperature=temperature,
-                        seed=seed)
-    return [_cut(row, host.special_ids).tolist() for row in new.cpu()]
+    # The same tokens as host.generate from a BOS prompt cut by _cut, without computing rows that have ended.
+    return host.sample_unconditional(batch_size, sample_len, temperature, seed, stop_ids=host.special_ids)
 
 
 def generate_documents(
