@@ -9,8 +9,17 @@ import torch
 
 from saeval.analysis.matching import match_saes
 from saeval.errors import SaevalError
+from saeval.saes import train as train_module
 from saeval.saes.base import SAEConfig, create_sae
-from saeval.saes.train import TrainConfig, _loss, _topk_grads, train_sae, train_saes
+from saeval.saes.train import (
+    TrainConfig,
+    _loss,
+    _topk_grads,
+    intra_op_threads,
+    threads_per_sae,
+    train_sae,
+    train_saes,
+)
 
 
 def planted(n: int = 8192, d: int = 32, n_features: int = 48, k: int = 3, seed: int = 0):
@@ -54,10 +63,28 @@ def test_joint_training_equals_single_runs():
                TrainConfig(d_sae=96, k=4, lr=1e-3, batch_size=256, epochs=3, dead_tokens=500, seed=1)]
     joint = train_saes(shards, len(x), 32, configs, "hook", "model", ["a", "b"])
     for (sae, log), cfg, name in zip(joint, configs, ["a", "b"], strict=True):
-        alone, alone_log = train_sae(shards, len(x), 32, cfg, "hook", "model", name=name)
+        # On several cores the joint SAEs step in threads of their own, each with its share of the cores.
+        with intra_op_threads(threads_per_sae(len(configs))):
+            alone, alone_log = train_sae(shards, len(x), 32, cfg, "hook", "model", name=name)
         assert log == alone_log and sae.cfg == alone.cfg
         for key, value in alone.state_dict().items():
             assert torch.equal(sae.state_dict()[key], value), key
+
+
+def test_threaded_training_equals_training_in_turn(monkeypatch):
+    """SAEs stepping in threads of their own (several cores) are the SAEs stepping in turn with the same intra-op
+    threads: nothing of one SAE's state reaches another's."""
+    x, _ = planted(n=2048)
+    configs = [TrainConfig(d_sae=256, k=8, lr=3e-3, batch_size=128, epochs=2, dead_tokens=500, seed=s) for s in (0, 1)]
+    with intra_op_threads(2):
+        threaded = train_saes([x[:1024], x[1024:]], len(x), 32, configs)
+    monkeypatch.setattr(train_module, "_step_in_threads", None)  # the threaded path would fail: not taken
+    with intra_op_threads(1):
+        in_turn = train_saes([x[:1024], x[1024:]], len(x), 32, configs)
+    for (a, log_a), (b, log_b) in zip(threaded, in_turn, strict=True):
+        assert log_a == log_b
+        for key, value in a.state_dict().items():
+            assert torch.equal(b.state_dict()[key], value), key
 
 
 def test_epoch_snapshot_equals_shorter_run():
