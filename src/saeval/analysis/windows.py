@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from saeval.analysis.window_records import CRITERIA, ActExample, LatentWindows
-from saeval.data.activations import check_finite, run_activations, tokens_key
+from saeval.data.activations import SharedCapture, check_finite, run_activations
 from saeval.data.corpora import load_contexts
 from saeval.errors import SaevalError
 from saeval.progress import track
@@ -339,27 +339,6 @@ def pick_active_latents(
 # The forward to a hook over a run's contexts depends only on (model, hook, tokens), not on the SAE: it is kept in
 # the run's memo for the next SAE and the next eval when small (the demo's 32k tokens at d_model 576: 75 MB).
 MEMO_MAX_FLOATS = 64_000_000
-
-
-class SharedCapture:
-    """The host as a windows pass sees it, its activations at ``hook`` kept in ``store`` (a run's memo) by the
-    content of each batch of tokens, so a second pass over the same contexts (another SAE, another eval at the
-    same hook with the same contexts and batch size) only encodes. Any other call goes to the host."""
-
-    def __init__(self, host, hook: str, store: dict[str, Tensor]):
-        self._host, self._hook, self._store = host, hook, store
-
-    def __getattr__(self, name: str):
-        return getattr(self._host, name)
-
-    def capture(self, tokens_BL: Tensor, hooks, attention_mask_BL: Tensor | None = None,
-                interventions=None) -> dict[str, Tensor]:
-        if list(hooks) != [self._hook] or attention_mask_BL is not None or interventions:
-            return self._host.capture(tokens_BL, hooks, attention_mask_BL, interventions)
-        key = tokens_key(tokens_BL)
-        if key not in self._store:
-            self._store[key] = self._host.capture(tokens_BL, hooks)[self._hook]
-        return {self._hook: self._store[key]}
 
 
 def shared_host(host, hook: str, contexts_NL: Tensor, memo: dict | None):

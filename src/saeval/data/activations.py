@@ -36,7 +36,7 @@ def check_finite(acts: Tensor, where: str) -> None:
 def run_activations(memo: dict, host, hook: str) -> dict[str, Tensor]:
     """A run's activations at ``hook`` ([B, L, D] as ``host.capture`` returns them), by batch of tokens
     (:func:`tokens_key`), kept in the run's ``memo``: a pass that finds its batch here skips the forward. The
-    windows passes (analysis.windows.SharedCapture) and core's passes fill and read it."""
+    windows passes and core's passes fill and read it through :class:`SharedCapture`."""
     return memo.setdefault(("hook-activations", id(host), hook), {})
 
 
@@ -45,6 +45,27 @@ def tokens_key(tokens_BL: Tensor) -> str:
     from saeval.hashing import tensors_fingerprint
 
     return tensors_fingerprint([("tokens", tokens_BL)])
+
+
+class SharedCapture:
+    """The host with its captures at ``hook`` kept in ``store`` (a run's :func:`run_activations`) by the content of
+    each batch of tokens: a second pass over the same contexts (another SAE, another eval at the same hook with
+    the same contexts and batch size) finds them there and runs no forward. Any other call goes to the host."""
+
+    def __init__(self, host, hook: str, store: dict[str, Tensor]):
+        self._host, self._hook, self._store = host, hook, store
+
+    def __getattr__(self, name: str):
+        return getattr(self._host, name)
+
+    def capture(self, tokens_BL: Tensor, hooks, attention_mask_BL: Tensor | None = None,
+                interventions=None) -> dict[str, Tensor]:
+        if list(hooks) != [self._hook] or attention_mask_BL is not None or interventions:
+            return self._host.capture(tokens_BL, hooks, attention_mask_BL, interventions)
+        key = tokens_key(tokens_BL)
+        if key not in self._store:
+            self._store[key] = self._host.capture(tokens_BL, hooks)[self._hook]
+        return {self._hook: self._store[key]}
 
 
 def stream_activations(host, hook: str, contexts_NL: Tensor, batch_size: int = 8) -> Iterator[ActivationBatch]:

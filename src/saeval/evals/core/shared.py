@@ -16,6 +16,7 @@ Beyond ``shared_memory_mb`` nothing is kept: every SAE recomputes the batches as
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -33,7 +34,14 @@ from saeval.analysis.reconstruction import (
     uniform_run_stats,
     with_reconstruction,
 )
-from saeval.data.activations import check_finite, run_activations, tokens_key
+from saeval.data.activations import (
+    ActivationBatch,
+    SharedCapture,
+    check_finite,
+    run_activations,
+    stream_activations,
+    tokens_key,
+)
 from saeval.errors import SaevalError
 from saeval.progress import track
 
@@ -127,11 +135,11 @@ class CoreBaseline:
     kl_zero: float = 0.0
     n_ce: int = 0
     n_kl: int = 0
-    # The zero-ablated run's logits and final normed residual when they are one vector at every position (see
-    # uniform_zero_run); False until looked for, None when the full run is needed.
-    zero_uniform: tuple[Tensor, Tensor] | None | bool = False
     # The run's activations at hook_out (run_activations): each kept batch's go there, for the windows passes.
     share_into: dict[str, Tensor] | None = None
+    # The zero-ablated run's (logits_V, normed_D) when it is one vector at every position (uniform_zero_run,
+    # looked for once per baseline); None: each batch runs it in full.
+    zero_uniform: tuple[Tensor, Tensor] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -192,9 +200,9 @@ class CoreBaseline:
     @torch.inference_mode()
     def _build(self, host, tokens_BL: Tensor, head: Tensor | None, shared_clean: CleanDistribution | None = None,
                ) -> tuple[BaselineBatch, CleanDistribution | None]:
-        """Run up to hook_out (capturing hook_in on the way), then the clean and zero-ablated continuations (the
-        zero-ablated one only, given the batch's ``shared_clean`` from another hook). With the batch, its clean
-        distribution when the unembedding ``head`` is affine.
+        """Run up to hook_out (capturing hook_in on the way), then the clean continuation (none, given the batch's
+        ``shared_clean`` from another hook) and the zero-ablated one (none when it is ``zero_uniform``).
+        With the batch, its clean distribution when the unembedding ``head`` is affine.
 
         The zero-ablated KL goes through that CleanDistribution whenever there is one, so it is the same number
         whether this baseline ran its own clean continuation, borrowed another hook's, or keeps nothing."""
@@ -216,37 +224,31 @@ class CoreBaseline:
         batch = BaselineBatch(tokens_BL, mask, acts, x_in, state)
         if not self.compute_ce:
             return batch, None
-        if self.zero_uniform is False:
-            self.zero_uniform = (uniform_zero_run(host, tokens_BL, self.hook_out)
-                                 if self.zero_ablation_positions == "all" else None)
-        uniform = self.zero_uniform
-        zeros = torch.zeros_like(acts)
-        zero = zeros if self.zero_ablation_positions == "all" else splice(acts, zeros, mask)
         if shared_clean is not None:
-            if uniform is not None:
-                self._add_zero(*uniform_run_stats(*uniform, shared_clean, tokens_BL, mask, self.kl_last))
-            else:
-                resid = host.residual_from(state, zero)
-                self._add_zero(*next_token_stats(host.logits_from_residual(resid), shared_clean, tokens_BL, mask,
-                                                 self.kl_last, normed_BLD=host.final_norm(resid)))
             batch.clean = shared_clean
+            self._add_zero(*self._zero_sums(host, batch, shared_clean))
             return batch, None
-        resid = host.residual_from(state, acts if uniform is not None else torch.cat([acts, zero]))
+        resid = host.residual_from(state, acts)
         logits = host.logits_from_residual(resid).float()
-        B = len(tokens_BL)
-        clean_logp = F.log_softmax(logits[:B], dim=-1)
+        clean_logp = F.log_softmax(logits, dim=-1)
         self.ce_clean += next_token_ce(clean_logp, tokens_BL, mask, self.kl_last)[0]
-        clean: CleanDistribution | None = None
-        if head is not None:
-            clean = CleanDistribution.of(logits[:B], host.final_norm(resid[:B]), head, clean_logp)
-        reference = clean if clean is not None else clean_logp
-        if uniform is not None:
-            self._add_zero(*uniform_run_stats(*uniform, reference, tokens_BL, mask, self.kl_last))
-        else:
-            self._add_zero(*next_token_stats(logits[B:], reference, tokens_BL, mask, self.kl_last,
-                                             normed_BLD=host.final_norm(resid[B:]) if clean is not None else None))
+        clean = None if head is None else CleanDistribution.of(logits, host.final_norm(resid), head, clean_logp)
+        self._add_zero(*self._zero_sums(host, batch, clean if clean is not None else clean_logp))
         batch.clean = clean_logp
         return batch, clean
+
+    def _zero_sums(self, host, batch: BaselineBatch, reference: Tensor | CleanDistribution,
+                   ) -> tuple[float, float, int, int]:
+        """The zero-ablated run's summed CE and KL(reference || it), with their position counts."""
+        if self.zero_uniform is not None:
+            return uniform_run_stats(*self.zero_uniform, reference, batch.tokens_BL, batch.mask_BL, self.kl_last)
+        zero = torch.zeros_like(batch.acts_BLD)
+        if self.zero_ablation_positions != "all":
+            zero = splice(batch.acts_BLD, zero, batch.mask_BL)
+        resid = host.residual_from(batch.state, zero)
+        normed = host.final_norm(resid) if isinstance(reference, CleanDistribution) else None
+        return next_token_stats(host.logits_from_residual(resid), reference, batch.tokens_BL, batch.mask_BL,
+                                self.kl_last, normed_BLD=normed)
 
 
 @torch.inference_mode()
@@ -262,11 +264,10 @@ def uniform_zero_run(host, tokens_BL: Tensor, hook: str, positions: int = 4) -> 
     if host.hook(hook).kind not in ("hook_resid_pre", "hook_resid_post") or tokens_BL.shape[1] < 2:
         return None
     acts, state = host.prefix(tokens_BL[:1, :positions], hook)
-    resid_D = host.residual_from(state, torch.zeros_like(acts))[0]
-    if not torch.allclose(resid_D, resid_D[:1].expand_as(resid_D), rtol=1e-4, atol=1e-5):
+    resid_PD = host.residual_from(state, torch.zeros_like(acts))[0]
+    if not torch.allclose(resid_PD, resid_PD[:1].expand_as(resid_PD), rtol=1e-4, atol=1e-5):
         return None
-    normed_1D = host.final_norm(resid_D[:1])
-    return host.logits_from_residual(resid_D[:1])[0].float(), normed_1D[0]
+    return host.logits_from_residual(resid_PD[0]).float(), host.final_norm(resid_PD[0])
 
 
 def core_baseline(ctx, hook_in: str, hook_out: str, contexts_NL: Tensor, config) -> CoreBaseline:
@@ -280,7 +281,9 @@ def core_baseline(ctx, hook_in: str, hook_out: str, contexts_NL: Tensor, config)
         ctx.memo[key] = CoreBaseline(hook_in, hook_out, contexts_NL, config.batch_size, config.compute_ce,
                                      config.zero_ablation_positions, config.kl_positions == "ordinary",
                                      int(config.shared_memory_mb * 2**20),
-                                     share_into=run_activations(ctx.memo, ctx.host, hook_out))
+                                     share_into=run_activations(ctx.memo, ctx.host, hook_out),
+                                     zero_uniform=uniform_zero_run(ctx.host, contexts_NL, hook_out)
+                                     if config.compute_ce and config.zero_ablation_positions == "all" else None)
     baseline = ctx.memo[key]
     # The first baseline over these contexts lends its clean distributions to those at other hooks of the run.
     source = ctx.run_memo.setdefault(clean_key, baseline)
@@ -308,41 +311,33 @@ def spliced_sums(host, baseline: CoreBaseline, batch: BaselineBatch, xhat_ND: Te
 
 @dataclass
 class DensityActivations:
-    """The density-only contexts' activations at the encoder's hook, by batch ([B, L, D] and the ordinary-token
-    mask), kept when within budget; each batch is also in the run's activations at that hook (run_activations)."""
+    """The density-only contexts' activation batches at the encoder's hook, kept when within budget."""
 
-    chunks: list[tuple[Tensor, Tensor]] | None
+    chunks: list[ActivationBatch] | None
     nbytes: int = 0
 
 
 def density_activations(ctx, hook_in: str, contexts_NL: Tensor, batch_size: int, budget_bytes: int,
                         description: str) -> Iterator[Tensor]:
     """Encoder inputs (ordinary tokens, float32) of the density contexts in batches: captured once per run when
-    they fit in ``budget_bytes``, else captured again for each SAE (capture stops after hook_in's block). A batch
-    another pass of the run already captured at hook_in (a windows pass over the same contexts) is not rerun."""
+    they fit in ``budget_bytes``, else captured again for each SAE (capture stops after hook_in's block). Within
+    budget the captures go through the run's activations at hook_in (SharedCapture), so a windows pass over the
+    same contexts, before or after, runs no forward for them."""
     host = ctx.host
     key = ("core-density", host.name, id(host), hook_in, contexts_digest(contexts_NL), tuple(contexts_NL.shape))
     kept: DensityActivations | None = ctx.memo.get(key)
     if kept is not None and kept.chunks is not None:
-        for acts_BLD, mask_BL in track(kept.chunks, description):
-            yield acts_BLD[mask_BL].float()
+        for batch in track(kept.chunks, description):
+            yield batch.flat()
         return
-    element = torch.empty(0, dtype=host.dtype).element_size()
-    fits = contexts_NL.numel() * host.d_model * element <= budget_bytes if kept is None else False
-    shared = run_activations(ctx.memo, host, hook_in)
-    chunks: list[tuple[Tensor, Tensor]] = []
-    for start in track(range(0, len(contexts_NL), batch_size), description):
-        tokens_BL = contexts_NL[start : start + batch_size]
-        name = tokens_key(tokens_BL)
-        acts_BLD = shared.get(name)
-        if acts_BLD is None:
-            acts_BLD = host.capture(tokens_BL, [hook_in])[hook_in]
-            check_finite(acts_BLD, f"{host.name} {hook_in}")
-        mask_BL = host.ordinary_mask(tokens_BL).to(acts_BLD.device)
+    fits = contexts_NL.numel() * host.d_model * host.dtype.itemsize <= budget_bytes if kept is None else False
+    source = SharedCapture(host, hook_in, run_activations(ctx.memo, host, hook_in)) if fits else host
+    chunks: list[ActivationBatch] = []
+    total = math.ceil(len(contexts_NL) / batch_size)
+    for batch in track(stream_activations(source, hook_in, contexts_NL, batch_size), description, total=total):
         if fits:
-            chunks.append((acts_BLD, mask_BL))
-            shared[name] = acts_BLD
-        yield acts_BLD[mask_BL].float()
+            chunks.append(batch)
+        yield batch.flat()
     ctx.memo[key] = DensityActivations(chunks if fits else None, tensor_bytes(chunks) if fits else 0)
 
 
