@@ -148,20 +148,34 @@ def test_a_second_hook_borrows_the_clean_distribution(tiny_host):
     assert borrowed.metrics.kl_div_with_ablation > 1e3 * KL_TOL
 
 
-def test_a_uniform_residual_stream_runs_as_one_vector(tiny_host):
-    """The claim uniform_zero_run rests on, on the model itself: a residual stream holding one vector at every
-    position gives the same logits at every position of every context. A random vector shows it is not only a
-    bias-free model mapping zeros to zeros (which it does: the zero-ablated logits are all 0, uniform)."""
-    tokens = load_contexts(tiny_host, "sotu", 4 * TINY.ctx_len, TINY.ctx_len, 0)
-    acts, state = tiny_host.prefix(tokens, HOOK)
-    value = torch.randn(tiny_host.d_model, generator=torch.Generator().manual_seed(0)) * acts.std()
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox", "gemma2"])
+def test_a_uniform_residual_stream_runs_as_one_vector(arch, tiny_host, smollm2_tokenizer):
+    """The claim uniform_zero_run rests on, on each model family: a residual stream holding one vector at every
+    position gives the same logits at every position of every context (rotary or learned positions, parallel
+    blocks, biases, Gemma-2's sliding window and soft-capping). A random vector shows it is not only a bias-free
+    model mapping zeros to zeros (the Llama's zero-ablated logits are all 0); GPT-2's biases, drawn at random here,
+    make its zero-ablated logits non-trivial."""
+    from tests.test_hosts import _other_hosts
+
+    host = tiny_host if arch == "llama" else {h.config.model_type: h for h in _other_hosts(smollm2_tokenizer)}[arch]
+    if arch == "gpt2":
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for name, param in host.model.named_parameters():
+                if name.endswith("bias"):
+                    param.copy_(torch.randn(param.shape, generator=g) * 0.5)
+    tokens = load_contexts(host, "sotu", 4 * TINY.ctx_len, TINY.ctx_len, 0)
+    acts, state = host.prefix(tokens, HOOK)
+    value = torch.randn(host.d_model, generator=torch.Generator().manual_seed(0)) * acts.std()
     with torch.inference_mode():
-        logits = tiny_host.run_from(state, value.expand_as(acts).contiguous()).flatten(0, 1)
-        zeroed = tiny_host.run_from(state, torch.zeros_like(acts)).flatten(0, 1)
-    assert logits.std(-1).min() > 1e-2  # not constant over the vocabulary
+        logits = host.run_from(state, value.expand_as(acts).contiguous()).flatten(0, 1)
+        zeroed = host.run_from(state, torch.zeros_like(acts)).flatten(0, 1)
+    assert logits.std(-1).min() > 1e-3  # not constant over the vocabulary
     assert torch.allclose(logits, logits[:1].expand_as(logits), atol=1e-5)
-    uniform = shared.uniform_zero_run(tiny_host, tokens, HOOK)
+    uniform = shared.uniform_zero_run(host, tokens, HOOK)
     assert uniform is not None and torch.allclose(uniform[0].expand_as(zeroed), zeroed, atol=1e-5)
+    if arch == "gpt2":
+        assert zeroed.std(-1).min() > 1e-3
 
 
 def test_uniform_zero_run_equals_the_full_zero_ablated_batch(tiny_host, monkeypatch):

@@ -28,11 +28,14 @@ def staggered_stops(host, seed: int) -> torch.Tensor:
     return torch.unique(torch.stack([new[i, 1 + 3 * i] for i in range(5)]))
 
 
-@pytest.mark.parametrize("seed", [0, 7, 123])
-def test_matches_generate_when_rows_stop_early(tiny_host, seed):
-    stop_S = staggered_stops(tiny_host, seed)
-    new = tiny_host.sample_unconditional(B, T, seed=seed, stop_ids=stop_S)
-    assert new == old_path(tiny_host, seed, stop_S)
+@pytest.mark.parametrize(("arch", "seed"), [("llama", 0), ("llama", 7), ("llama", 123), ("gpt2", 0), ("gpt_neox", 0)])
+def test_matches_generate_when_rows_stop_early(arch, seed, tiny_host, smollm2_tokenizer):
+    from tests.test_hosts import _other_hosts
+
+    host = tiny_host if arch == "llama" else {h.config.model_type: h for h in _other_hosts(smollm2_tokenizer)}[arch]
+    stop_S = staggered_stops(host, seed)
+    new = host.sample_unconditional(B, T, seed=seed, stop_ids=stop_S)
+    assert new == old_path(host, seed, stop_S)
     lengths = [len(row) for row in new]
     assert sum(n < T for n in lengths) >= 5 and max(lengths) == T  # rows left the batch, others ran to the end
     assert all(not set(row) & set(stop_S.tolist()) for row in new)
